@@ -1,0 +1,1 @@
+"""The actor runtime: workflows, senses and reflexes in trio nurseries."""

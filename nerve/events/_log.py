@@ -1,0 +1,1039 @@
+"""`open_log` and `Log`: the durable event log every part of nerve writes to."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import apsw
+import attrs
+import orjson
+import trio
+
+from . import _archive as arch
+from ._blobs import BlobStore
+from ._chain import GENESIS, row_hash
+from ._codec import EventRegistry, check_type_name, encode_meta, registry
+from ._errors import (
+    ArchiveError,
+    EventDecodingError,
+    InvalidEventError,
+    LogClosedError,
+    SearchQueryError,
+)
+from ._schema import LOG_APPLICATION_ID, MIGRATIONS
+from ._sqlite import mapped_errors, migrate, open_connection
+from ._trio_util import single_error
+from ._types import (
+    EMPTY_META,
+    AppendResult,
+    ExpectedVersion,
+    LogStatistics,
+    NewEvent,
+    RecordedEvent,
+)
+from ._writer import AppendRequest, EncodedEvent, InlineHook, LogWriter
+
+T = TypeVar("T")
+
+LOG_FILE: Final = "logs.db"
+DEFAULT_BLOB_THRESHOLD: Final = 64 * 1024
+PAGE_SIZE: Final = 1000
+MAX_BATCH: Final = 10_000
+"""Most append requests in one write transaction; more wait for the next."""
+
+_SELECT = f"SELECT {arch.ROW_COLUMNS} FROM logs"
+_loads = orjson.loads
+
+
+@attrs.frozen
+class SearchHit:
+    """One full-text match: the event, a highlighted snippet, and its rank."""
+
+    event: RecordedEvent
+    snippet: str
+    rank: float
+
+
+def _resolve(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """(data dir, logs.db path) for a data directory or a ``.db`` file path."""
+    p = Path(path)
+    if p.is_dir() or (not p.exists() and p.suffix != ".db"):
+        return p, p / LOG_FILE
+    return p.parent, p
+
+
+def _make_data_dir(data_dir: Path) -> None:
+    if not data_dir.exists():
+        data_dir.mkdir(parents=True, mode=0o700)
+        os.chmod(data_dir, 0o700)
+
+
+@contextlib.asynccontextmanager
+async def open_log(
+    path: str | os.PathLike[str] = "data",
+    *,
+    registry: EventRegistry = registry,
+    source: str = "",
+    fts: bool = True,
+    blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
+    watch_interval: float | None = 0.05,
+    clock: Callable[[], float] = time.time,
+) -> AsyncIterator[Log]:
+    """Open (creating when missing) the log in a data directory.
+
+    Args:
+        path: the data directory (created with mode 0700 if missing, holding
+            ``logs.db``), or the path of a ``.db`` file.
+        registry: where event classes are registered (default: `nerve.event`'s).
+        source: recorded with every event this log appends (e.g. ``"kernel"``).
+        fts: keep the full-text index of payloads (`Log.search`) up to date.
+        blob_threshold: payloads whose JSON exceeds this many bytes go to the
+            blob store; the event keeps the digest.
+        watch_interval: how often (seconds) subscribers look for appends made
+            by other processes; None to follow this process's appends only.
+        clock: the wall clock (seconds since the epoch) for event timestamps.
+
+    Raises:
+        NotADatabaseError: the file exists and is not a nerve log.
+        NewerSchemaError, MigrationChecksumError: the schema cannot be used.
+        CorruptDatabaseError: SQLite reports corruption.
+    """
+    data_dir, db_path = _resolve(path)
+    log = await trio.to_thread.run_sync(
+        lambda: Log._open_sync(
+            data_dir,
+            db_path,
+            registry,
+            source,
+            fts,
+            blob_threshold,
+            watch_interval,
+            clock,
+        )
+    )
+    try:
+        with single_error():
+            async with trio.open_nursery() as nursery:
+                log._nursery = nursery
+                nursery.start_soon(log._writer_loop)
+                try:
+                    yield log
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await log.aclose()
+                    nursery.cancel_scope.cancel()
+    finally:
+        log._close_connections()
+
+
+class Log:
+    """The event log. Obtain one with `open_log`.
+
+    Appends from any number of tasks are group-committed by one writer task;
+    reads and subscriptions use their own connections and never block it.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        db_path: Path,
+        writer: LogWriter,
+        registry: EventRegistry,
+        source: str,
+        blob_threshold: int,
+        watch_interval: float | None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.path = db_path
+        self.registry = registry
+        self.source = source
+        self.blobs = BlobStore(data_dir / "blobs")
+        self.blob_threshold = blob_threshold
+        self.watch_interval = watch_interval
+        self._writer = writer
+        self._pool: list[apsw.Connection] = []
+        self._pending: deque[AppendRequest] = deque()
+        self._wakeup = trio.Event()
+        self._jobs: deque[tuple[Callable[[apsw.Connection], Any], _JobSlot]] = deque()
+        self._changed = trio.Event()
+        self._head = writer.head
+        self._closed = False
+        self._writer_done = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._watching = False
+        self._waiting = 0
+        # statistics
+        self._events = 0
+        self._appends = 0
+        self._batches = 0
+        self._rejected = 0
+        self._max_batch = 0
+
+    @classmethod
+    def _open_sync(
+        cls,
+        data_dir: Path,
+        db_path: Path,
+        registry: EventRegistry,
+        source: str,
+        fts: bool,
+        blob_threshold: int,
+        watch_interval: float | None,
+        clock: Callable[[], float],
+    ) -> Log:
+        _make_data_dir(data_dir)
+        conn = open_connection(db_path, synchronous="FULL")
+        try:
+            migrate(
+                conn, db_path, MIGRATIONS, application_id=LOG_APPLICATION_ID, what="log"
+            )
+            writer = LogWriter(conn, db_path, fts=fts, clock=clock)
+            with mapped_errors(db_path):
+                writer.refresh()
+                if fts:
+                    _catch_up_fts(conn, writer.head)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(
+            data_dir, db_path, writer, registry, source, blob_threshold, watch_interval
+        )
+
+    # -- properties ------------------------------------------------------------------
+
+    @property
+    def head(self) -> int:
+        """The last committed position this process knows of (0 when empty)."""
+        return self._head
+
+    def statistics(self) -> LogStatistics:
+        """Counters since the log was opened."""
+        return LogStatistics(
+            head=self._head,
+            events=self._events,
+            appends=self._appends,
+            batches=self._batches,
+            rejected=self._rejected,
+            pending=len(self._pending),
+            mean_batch_size=self._appends / self._batches if self._batches else 0.0,
+            max_batch_size=self._max_batch,
+            subscribers=self._waiting,
+        )
+
+    def add_inline_hook(self, hook: InlineHook) -> None:
+        """Fold ``hook`` inside every append transaction from now on."""
+        self._writer.hooks.append(hook)
+
+    # -- appending ---------------------------------------------------------------------
+
+    async def append(
+        self,
+        stream: str,
+        events: NewEvent | Iterable[NewEvent],
+        *,
+        expected_version: int | ExpectedVersion | None = None,
+        idempotency_key: str | None = None,
+    ) -> AppendResult:
+        """Append events to a stream, atomically: all of them or none.
+
+        Args:
+            stream: the stream's name.
+            events: the events, in order (a single `NewEvent` is accepted).
+            expected_version: None to append whatever the stream's version;
+                ``NO_STREAM`` if the stream must not exist yet;
+                ``STREAM_EXISTS`` if it must; an int the current version
+                must equal.
+            idempotency_key: a repeated key (even after a restart) writes
+                nothing and returns the original result, with
+                ``duplicate=True``.
+
+        Returns:
+            The positions written and the stream's new version. When this
+            returns, the events are on disk (fsynced).
+
+        Raises:
+            WrongExpectedVersion: the stream is not at the expected version.
+            DuplicateIdempotencyKey: the key was used for another stream.
+            EventEncodingError: a payload cannot be encoded.
+            InvalidEventError: the stream name or an event is malformed.
+            StorageFullError: the disk is full.
+
+        Cancelled while waiting for the writer, an append that was not yet
+        taken is withdrawn (nothing written); one already being written is
+        waited for, so it is never reported cancelled while it commits.
+        """
+        self._check_open()
+        request = await self._prepare(stream, events, expected_version, idempotency_key)
+        self._check_open()
+        self._pending.append(request)
+        self._wakeup.set()
+        try:
+            await request.done.wait()
+        except trio.Cancelled:
+            if not request.taken:
+                self._pending.remove(request)
+                raise
+            with trio.CancelScope(shield=True):
+                await request.done.wait()
+        outcome = request.outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert outcome is not None
+        return outcome
+
+    async def _prepare(
+        self,
+        stream: str,
+        events: NewEvent | Iterable[NewEvent],
+        expected: int | ExpectedVersion | None,
+        key: str | None,
+    ) -> AppendRequest:
+        if not isinstance(stream, str) or not stream or len(stream) > 1000:
+            raise InvalidEventError(
+                f"stream must be a non-empty string of at most 1000 characters, "
+                f"got {stream!r}"
+            )
+        if not _valid_expected(expected):
+            raise InvalidEventError(
+                f"expected_version must be None, NO_STREAM, STREAM_EXISTS or an "
+                f"int >= 0, got {expected!r}"
+            )
+        if key is not None and (not isinstance(key, str) or not key):
+            raise InvalidEventError(
+                f"idempotency_key must be a non-empty string, got {key!r}"
+            )
+        if isinstance(events, NewEvent):
+            events = (events,)
+        encoded: list[EncodedEvent] = []
+        big: list[int] = []
+        for ev in events:
+            if not isinstance(ev, NewEvent):
+                raise InvalidEventError(
+                    f"append to {stream!r}: expected NewEvent objects, got "
+                    f"{ev.__class__.__qualname__}"
+                )
+            check_type_name(ev.type)
+            payload, type_version, data = self.registry.encode(ev.type, ev.data)
+            meta = encode_meta(ev.type, ev.meta)
+            if len(payload) > self.blob_threshold:
+                big.append(len(encoded))
+            encoded.append(
+                EncodedEvent(ev.type, type_version, payload, None, meta, data, ev.meta)
+            )
+        if not encoded:
+            raise InvalidEventError(f"append to {stream!r} needs at least one event")
+        # The blob is on disk before the event that names it commits.
+        for i in big:
+            e = encoded[i]
+            assert e.payload is not None
+            digest = await self.blobs.put(e.payload.encode())
+            encoded[i] = attrs.evolve(e, payload=None, blob=digest)
+        return AppendRequest(stream, encoded, expected, key, self.source)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosedError(f"the log at {self.path} is closed")
+
+    async def _writer_loop(self) -> None:
+        writer = self._writer
+        try:
+            while True:
+                while not self._pending and not self._jobs:
+                    if self._closed:
+                        return
+                    self._wakeup = trio.Event()
+                    await self._wakeup.wait()
+                if self._jobs:
+                    job, slot = self._jobs.popleft()
+                    await self._run_job(job, slot)
+                    continue
+                pending = self._pending
+                if len(pending) <= MAX_BATCH:
+                    batch = list(pending)
+                    pending.clear()
+                else:
+                    batch = [pending.popleft() for _ in range(MAX_BATCH)]
+                for r in batch:
+                    r.taken = True
+                outcomes = await trio.to_thread.run_sync(writer.write_batch, batch)
+                written = 0
+                for r, outcome in zip(batch, outcomes, strict=True):
+                    r.outcome = outcome
+                    r.done.set()
+                    if isinstance(outcome, AppendResult):
+                        if not outcome.duplicate:
+                            written += (
+                                outcome.last_position - outcome.first_position + 1
+                            )
+                    else:
+                        self._rejected += 1
+                self._batches += 1
+                self._appends += len(batch) - sum(
+                    1 for o in outcomes if not isinstance(o, AppendResult)
+                )
+                self._max_batch = max(self._max_batch, len(batch))
+                if written:
+                    self._events += written
+                    self._advance(writer.head)
+        finally:
+            self._writer_done.set()
+
+    async def _run_job(
+        self, job: Callable[[apsw.Connection], Any], slot: _JobSlot
+    ) -> None:
+        try:
+            slot.result = await trio.to_thread.run_sync(self._writer.run_job, job)
+        except Exception as e:
+            slot.error = e
+        slot.done.set()
+        self._advance(self._writer.head)
+
+    async def write_job(self, job: Callable[[apsw.Connection], T]) -> T:
+        """Run ``job(conn)`` in a write transaction, serialized with appends.
+
+        For maintenance that must not race appends (archiving, projection
+        swaps). ``job`` runs in a worker thread with the write connection.
+        """
+        self._check_open()
+        slot = _JobSlot()
+        self._jobs.append((job, slot))
+        self._wakeup.set()
+        with trio.CancelScope(shield=True):
+            await slot.done.wait()
+        if slot.error is not None:
+            raise slot.error
+        return slot.result  # type: ignore[no-any-return]
+
+    def _advance(self, head: int) -> None:
+        if head != self._head:
+            self._head = head
+            changed, self._changed = self._changed, trio.Event()
+            changed.set()
+
+    async def aclose(self) -> None:
+        """Stop taking appends, finish the ones already submitted, and close."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wakeup.set()
+        await self._writer_done.wait()
+        # Wake subscribers so they notice the log closed.
+        self._changed.set()
+
+    def _close_connections(self) -> None:
+        for conn in self._pool:
+            conn.close()
+        self._pool.clear()
+        self._writer.conn.close()
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _acquire(self) -> apsw.Connection:
+        if self._pool:
+            return self._pool.pop()
+        return open_connection(self.path, synchronous="NORMAL", create=False)
+
+    def _release(self, conn: apsw.Connection) -> None:
+        if self._closed or len(self._pool) >= 8:
+            conn.close()
+        else:
+            self._pool.append(conn)
+
+    def _read_sync(self, fn: Callable[[apsw.Connection], T]) -> T:
+        """Run ``fn`` on a pooled read connection, inside one read transaction."""
+        conn = self._acquire()
+        try:
+            with mapped_errors(self.path):
+                conn.execute("BEGIN")
+                try:
+                    return fn(conn)
+                finally:
+                    conn.execute("COMMIT")
+        finally:
+            self._release(conn)
+
+    async def _read(self, fn: Callable[[apsw.Connection], T]) -> T:
+        return await trio.to_thread.run_sync(self._read_sync, fn)
+
+    def decode_row(self, row: Sequence[Any]) -> RecordedEvent:
+        """Turn a stored row (``logs`` column order) into a `RecordedEvent`."""
+        (
+            position,
+            stream,
+            version,
+            type_,
+            type_version,
+            source,
+            ts,
+            payload,
+            blob,
+            meta,
+        ) = row[:10]
+        if payload is None:
+            payload = self.blobs.get_sync(blob)
+        try:
+            data = self.registry.decode(type_, type_version, payload)
+        except EventDecodingError as e:
+            raise EventDecodingError(f"position {position}: {e}") from e
+        return RecordedEvent(
+            position,
+            stream,
+            version,
+            type_,
+            ts,
+            data,
+            _loads(meta) if meta is not None else EMPTY_META,
+            source,
+        )
+
+    def read(
+        self,
+        after: int = 0,
+        *,
+        stream: str | None = None,
+        types: Iterable[str] | None = None,
+    ) -> EventReader:
+        """Iterate over stored events in position order, archived days included.
+
+        Args:
+            after: start after this position (0: from the beginning).
+            stream: only this stream's events.
+            types: only events of these types.
+
+        Use as ``async for event in log.read(): ...``. The iteration ends at
+        the head as of each page; use `subscribe` to keep following.
+        """
+        return EventReader(self, after, stream, types, follow=False)
+
+    def subscribe(
+        self,
+        after: int = 0,
+        *,
+        stream: str | None = None,
+        types: Iterable[str] | None = None,
+    ) -> EventReader:
+        """Like `read`, then follow new appends as they commit, forever.
+
+        Appends of this process wake subscribers directly; appends of other
+        processes are noticed within ``watch_interval`` (default 50 ms).
+        The iteration ends when the log closes.
+        """
+        return EventReader(self, after, stream, types, follow=True)
+
+    async def _wait_past(self, position: int) -> bool:
+        """Wait until the head moves past ``position``; False if the log closed."""
+        while self._head <= position:
+            if self._closed:
+                return False
+            changed = self._changed
+            self._waiting += 1
+            if not self._watching and self.watch_interval and self._nursery:
+                self._watching = True
+                self._nursery.start_soon(self._watch_loop)
+            try:
+                await changed.wait()
+            finally:
+                self._waiting -= 1
+        return True
+
+    async def _watch_loop(self) -> None:
+        """Notice other processes' appends while someone is waiting for them."""
+        assert self.watch_interval is not None
+        conn = await trio.to_thread.run_sync(
+            lambda: open_connection(self.path, synchronous="NORMAL", create=False)
+        )
+        try:
+            last = -1
+            while self._waiting and not self._closed:
+                dv, head = await trio.to_thread.run_sync(_data_version_and_head, conn)
+                if dv != last:
+                    last = dv
+                    if head > self._head:
+                        self._advance(head)
+                await trio.sleep(self.watch_interval)
+        finally:
+            self._watching = False
+            conn.close()
+
+    async def stream_version(self, stream: str) -> int:
+        """The stream's current version (0 if it has no events)."""
+
+        def q(conn: apsw.Connection) -> int:
+            row = conn.execute(
+                "SELECT max(version) FROM logs WHERE stream=?", (stream,)
+            ).fetchall()
+            if row[0][0] is not None:
+                return int(row[0][0])
+            row = conn.execute(
+                "SELECT version FROM archived_streams WHERE stream=?", (stream,)
+            ).fetchall()
+            return int(row[0][0]) if row else 0
+
+        return await self._read(q)
+
+    # -- search ---------------------------------------------------------------------
+
+    async def search(
+        self, query: str, limit: int = 20, *, literal: bool = False
+    ) -> list[SearchHit]:
+        """Full-text search over event types, streams and payload text.
+
+        Args:
+            query: an FTS5 query (``error AND disk``, ``"exact phrase"``,
+                ``type:workflow*``), or plain words with ``literal=True``.
+            limit: the most hits to return, best first.
+            literal: treat ``query`` as words to find, not FTS5 syntax.
+
+        Raises:
+            SearchQueryError: the query is malformed (it names the problem).
+        """
+        if not self._writer.fts:
+            raise SearchQueryError(
+                f"full-text search is off for the log at {self.path} "
+                "(opened with fts=False)"
+            )
+        if literal:
+            words = [w for w in query.split() if w]
+            query = " ".join('"' + w.replace('"', '""') + '"' for w in words)
+        if not query.strip():
+            raise SearchQueryError("the search query is empty")
+
+        def q(conn: apsw.Connection) -> list[SearchHit]:
+            try:
+                rows = conn.execute(
+                    f"SELECT {_prefixed('l.')}, "
+                    "snippet(logs_fts, -1, '[', ']', '…', 16), bm25(logs_fts) AS rank "
+                    "FROM logs_fts JOIN logs l ON l.position = logs_fts.rowid "
+                    "WHERE logs_fts MATCH ? ORDER BY rank LIMIT ?",
+                    (query, limit),
+                ).fetchall()
+            except apsw.SQLError as e:
+                raise SearchQueryError(
+                    f"malformed search query {query!r}: {e}; quote words that "
+                    "contain punctuation, or pass literal=True"
+                ) from e
+            return [SearchHit(self.decode_row(r), r[11], r[12]) for r in rows]
+
+        return await self._read(q)
+
+    # -- integrity ------------------------------------------------------------------
+
+    async def verify(self) -> int | None:
+        """Check the hash chain over the archive and the hot table.
+
+        Returns:
+            The first position where the chain breaks (a row or an archive
+            file was altered, removed or inserted), or None if it is intact.
+        """
+        return await trio.to_thread.run_sync(self._verify_sync)
+
+    def _verify_sync(self) -> int | None:
+        conn = self._acquire()
+        try:
+            with mapped_errors(self.path):
+                days = arch.list_days(conn)
+                prev = GENESIS
+                expected = 1
+                for day in days:
+                    if arch.file_checksum(self.data_dir, day) != day.sha256:
+                        return day.first
+                    for row in arch.iter_day(self.data_dir, day, verify=False):
+                        if row[0] != expected or row_hash(prev, *row[:10]) != row[10]:
+                            return expected
+                        prev = row[10]
+                        expected += 1
+                after = expected - 1
+                while True:
+                    rows = conn.execute(
+                        f"{_SELECT} WHERE position > ? ORDER BY position LIMIT 10000",
+                        (after,),
+                    ).fetchall()
+                    if not rows:
+                        return None
+                    for row in rows:
+                        if row[0] != expected or row_hash(prev, *row[:10]) != bytes(
+                            row[10]
+                        ):
+                            return expected
+                        prev = bytes(row[10])
+                        expected += 1
+                    after = rows[-1][0]
+        except ArchiveError:
+            return expected
+        finally:
+            self._release(conn)
+
+    # -- archive ------------------------------------------------------------------
+
+    async def archive(
+        self,
+        older_than: timedelta = timedelta(days=30),
+        *,
+        now: float | None = None,
+    ) -> list[arch.ArchiveDay]:
+        """Move whole UTC days older than ``older_than`` to the archive files.
+
+        Returns:
+            The days archived by this call, oldest first.
+
+        Safe to interrupt at any point: a re-run finishes the job without losing
+        or duplicating an event.
+        """
+        self._check_open()
+        now_ms = int((time.time() if now is None else now) * 1000)
+        cutoff = arch.day_bounds(now_ms - int(older_than.total_seconds() * 1000))[0]
+        done: list[arch.ArchiveDay] = []
+        while True:
+            found = await self._read(lambda c: _first_day(c, cutoff))
+            if found is None:
+                return done
+            first, last, day = found
+            record = await trio.to_thread.run_sync(self._export_day, first, last, day)
+            if await self.write_job(functools.partial(_commit_day, day=record)):
+                done.append(record)
+
+    def _export_day(self, first: int, last: int, day: str) -> arch.ArchiveDay:
+        conn = self._acquire()
+        try:
+            with mapped_errors(self.path):
+                rows = _iter_rows(conn, first, last)
+                return arch.write_day(self.data_dir, day, rows)
+        finally:
+            self._release(conn)
+
+    async def archived_days(self) -> list[arch.ArchiveDay]:
+        """The days in the archive, oldest first."""
+        return await self._read(arch.list_days)
+
+    # -- backup ---------------------------------------------------------------------
+
+    async def backup(self, dest: str | os.PathLike[str]) -> Path:
+        """Copy the log, its blobs and archive into a new data directory.
+
+        The copy of ``logs.db`` is one consistent snapshot (SQLite's backup
+        API, in one step, which never blocks appends in WAL mode); the blobs
+        and archive files it refers to are immutable and copied after it.
+
+        Returns:
+            The path of the copied ``logs.db``.
+        """
+        dest_dir = Path(dest)
+        target = dest_dir / LOG_FILE
+        if target.exists():
+            raise FileExistsError(f"{target} exists; back up into a new directory")
+
+        def run() -> Path:
+            _make_data_dir(dest_dir)
+            src = self._acquire()
+            try:
+                with mapped_errors(target):
+                    out = apsw.Connection(str(target))
+                    try:
+                        with out.backup("main", src, "main") as b:
+                            b.step(-1)
+                        days = arch.list_days(out)
+                        blobs = [
+                            r[0]
+                            for r in out.execute(
+                                "SELECT DISTINCT blob FROM logs WHERE blob IS NOT NULL"
+                            )
+                        ]
+                    finally:
+                        out.close()
+            finally:
+                self._release(src)
+            os.chmod(target, 0o600)
+            for digest in blobs + _archived_blobs(self.data_dir, days):
+                dst = BlobStore(dest_dir / "blobs")
+                if not dst.exists_sync(digest):
+                    dst.put_sync(self.blobs.get_sync(digest))
+            for day in days:
+                dst_path = arch.day_path(dest_dir, day.day)
+                dst_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                shutil.copy2(arch.day_path(self.data_dir, day.day), dst_path)
+            return target
+
+        return await trio.to_thread.run_sync(run)
+
+
+@attrs.define(eq=False)
+class _JobSlot:
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+class EventReader:
+    """The async iterator behind `Log.read` and `Log.subscribe`.
+
+    Pages through the archive files, then the hot table, one worker-thread hop
+    per page of events.
+    """
+
+    def __init__(
+        self,
+        log: Log,
+        after: int,
+        stream: str | None,
+        types: Iterable[str] | None,
+        *,
+        follow: bool,
+    ) -> None:
+        if not isinstance(after, int) or after < 0:
+            raise ValueError(f"after must be a position >= 0, got {after!r}")
+        self._log = log
+        self._after = after
+        self._stream = stream
+        self._types = tuple(types) if types is not None else None
+        self._follow = follow
+        self._buffer: list[RecordedEvent] = []
+        self._index = 0
+        self._archive: _ArchiveCursor | None = None
+
+    def __aiter__(self) -> EventReader:
+        return self
+
+    async def __anext__(self) -> RecordedEvent:
+        while self._index >= len(self._buffer):
+            if not await self._fetch():
+                raise StopAsyncIteration
+        ev = self._buffer[self._index]
+        self._index += 1
+        return ev
+
+    async def _fetch(self) -> bool:
+        """Fill the buffer; False when the iteration is over."""
+        log = self._log
+        while True:
+            if self._archive is not None:
+                events, scanned = await trio.to_thread.run_sync(self._archive.page)
+                if scanned is None:
+                    self._archive = None
+            else:
+                page = await log._read(self._page)
+                if isinstance(page, _ArchiveCursor):
+                    self._archive = page
+                    continue
+                events, scanned = page
+            if events:
+                self._buffer = events
+                self._index = 0
+                self._after = events[-1].position
+                return True
+            if scanned is not None:
+                self._after = max(self._after, scanned)
+            if self._archive is not None:
+                continue
+            if not self._follow:
+                return False
+            if not await log._wait_past(self._after):
+                return False
+
+    def _page(
+        self, conn: apsw.Connection
+    ) -> tuple[list[RecordedEvent], int | None] | _ArchiveCursor:
+        log = self._log
+        wm = conn.execute("SELECT value FROM meta WHERE key='arch.position'").fetchall()
+        watermark = int(wm[0][0]) if wm else 0
+        if self._after < watermark:
+            days = [d for d in arch.list_days(conn) if d.last > self._after]
+            return _ArchiveCursor(log, days, self._after, self._stream, self._types)
+        where = ["position > ?"]
+        params: list[Any] = [self._after]
+        if self._stream is not None:
+            where.append("stream = ?")
+            params.append(self._stream)
+        if self._types is not None:
+            where.append(f"type IN ({','.join('?' * len(self._types))})")
+            params.extend(self._types)
+        params.append(PAGE_SIZE)
+        rows = conn.execute(
+            f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY position LIMIT ?", params
+        ).fetchall()
+        decode = log.decode_row
+        events = [decode(r) for r in rows]
+        scanned = None
+        if len(rows) < PAGE_SIZE and (self._stream or self._types):
+            # A filtered page that came up short scanned up to the head of this
+            # snapshot: remember it, so a follower does not rescan that range.
+            head = conn.execute("SELECT max(position) FROM logs").fetchall()[0][0]
+            scanned = head
+        return events, scanned
+
+
+class _ArchiveCursor:
+    """Reads archived days in pages, from a worker thread."""
+
+    def __init__(
+        self,
+        log: Log,
+        days: list[arch.ArchiveDay],
+        after: int,
+        stream: str | None,
+        types: tuple[str, ...] | None,
+    ) -> None:
+        self._log = log
+        self._days = deque(days)
+        self._after = after
+        self._stream = stream
+        self._types = set(types) if types is not None else None
+        self._rows: Any = None
+
+    def page(self) -> tuple[list[RecordedEvent], int | None]:
+        """Up to a page of events; scanned position None once the archive is done."""
+        events: list[RecordedEvent] = []
+        decode = self._log.decode_row
+        while len(events) < PAGE_SIZE:
+            if self._rows is None:
+                if not self._days:
+                    return events, None
+                self._rows = arch.iter_day(self._log.data_dir, self._days.popleft())
+            row = next(self._rows, None)
+            if row is None:
+                self._rows = None
+                continue
+            if row[0] <= self._after:
+                continue
+            self._after = row[0]
+            if self._stream is not None and row[1] != self._stream:
+                continue
+            if self._types is not None and row[3] not in self._types:
+                continue
+            events.append(decode(row))
+        return events, self._after
+
+
+def _valid_expected(expected: object) -> bool:
+    if expected is None or isinstance(expected, ExpectedVersion):
+        return True
+    return (
+        isinstance(expected, int) and not isinstance(expected, bool) and expected >= 0
+    )
+
+
+def _prefixed(prefix: str) -> str:
+    return ", ".join(prefix + c.strip() for c in arch.ROW_COLUMNS.split(","))
+
+
+def _data_version_and_head(conn: apsw.Connection) -> tuple[int, int]:
+    with mapped_errors("logs.db"):
+        dv = conn.execute("PRAGMA data_version").fetchall()[0][0]
+        head = conn.execute("SELECT max(position) FROM logs").fetchall()[0][0]
+    return dv, head or 0
+
+
+def _catch_up_fts(conn: apsw.Connection, head: int) -> None:
+    """Index rows appended while the full-text index was off."""
+    row = conn.execute("SELECT value FROM meta WHERE key='fts.position'").fetchall()
+    done = int(row[0][0]) if row else 0
+    if done >= head:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "INSERT INTO logs_fts (rowid, type, stream, payload) "
+            "SELECT position, type, stream, payload FROM logs WHERE position > ?",
+            (done,),
+        )
+        conn.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('fts.position', ?)", (str(head),)
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _iter_rows(
+    conn: apsw.Connection, first: int, last: int
+) -> Iterable[tuple[Any, ...]]:
+    after = first - 1
+    while after < last:
+        rows = conn.execute(
+            f"{_SELECT} WHERE position > ? AND position <= ? ORDER BY position "
+            "LIMIT 10000",
+            (after, last),
+        ).fetchall()
+        if not rows:
+            return
+        yield from rows
+        after = rows[-1][0]
+
+
+def _first_day(conn: apsw.Connection, cutoff: int) -> tuple[int, int, str] | None:
+    """The hot table's oldest UTC day if it ends before ``cutoff``."""
+    row = conn.execute(
+        "SELECT position, ts FROM logs ORDER BY position LIMIT 1"
+    ).fetchall()
+    if not row:
+        return None
+    first, ts = row[0]
+    _, end = arch.day_bounds(ts)
+    if end > cutoff:
+        return None
+    last = conn.execute(
+        "SELECT max(position) FROM logs WHERE position >= ? AND ts < ?", (first, end)
+    ).fetchall()[0][0]
+    return first, last, arch.day_of(ts)
+
+
+def _commit_day(conn: apsw.Connection, day: arch.ArchiveDay) -> bool:
+    """Delete an exported day's rows and advance the watermark, in one transaction."""
+    row = conn.execute("SELECT min(position) FROM logs").fetchall()
+    if row[0][0] != day.first:
+        return False  # another archiver got here first
+    last = conn.execute(
+        "SELECT hash, ts FROM logs WHERE position = ?", (day.last,)
+    ).fetchall()
+    if not last:
+        raise ArchiveError(f"position {day.last} vanished while archiving {day.day}")
+    fts_row = conn.execute("SELECT value FROM meta WHERE key='fts.position'").fetchall()
+    fts_done = int(fts_row[0][0]) if fts_row else 0
+    if fts_done:
+        conn.execute(
+            "INSERT INTO logs_fts (logs_fts, rowid, type, stream, payload) "
+            "SELECT 'delete', position, type, stream, payload FROM logs "
+            "WHERE position BETWEEN ? AND ?",
+            (day.first, min(day.last, fts_done)),
+        )
+    conn.execute(
+        "INSERT INTO archived_streams (stream, version) "
+        "SELECT stream, max(version) FROM logs WHERE position BETWEEN ? AND ? "
+        "GROUP BY stream "
+        "ON CONFLICT (stream) DO UPDATE SET version = max(version, excluded.version)",
+        (day.first, day.last),
+    )
+    conn.execute(
+        "DELETE FROM logs WHERE position BETWEEN ? AND ?", (day.first, day.last)
+    )
+    conn.executemany(
+        "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+        [
+            ("arch.position", str(day.last)),
+            ("arch.hash", bytes(last[0][0]).hex()),
+            ("arch.ts", str(last[0][1])),
+            (arch.day_meta_key(day.day), day.to_json()),
+        ],
+    )
+    return True
+
+
+def _archived_blobs(data_dir: Path, days: Sequence[arch.ArchiveDay]) -> list[str]:
+    return [
+        row[8]
+        for day in days
+        for row in arch.iter_day(data_dir, day)
+        if row[8] is not None
+    ]
+
+
+__all__ = ["LOG_FILE", "EventReader", "Log", "SearchHit", "open_log"]

@@ -1,0 +1,425 @@
+"""The write side of the log: one connection, group commit.
+
+`LogWriter` owns the write connection and runs in a worker thread, one batch
+at a time: every append request waiting when the writer wakes goes into one
+``BEGIN IMMEDIATE ... COMMIT`` (one fsync). Requests are checked in Python
+first (version expectations, idempotency keys), so the common batch is written
+with one ``executemany``. If the database still refuses something (an inline
+projection rejecting a transition, say), the batch is redone one request per
+SAVEPOINT, so only the faulty request fails and its neighbours commit.
+
+Positions are assigned here, in commit order, so the log has no gaps and needs
+no high-water mark.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import apsw
+import attrs
+import trio
+
+from ._chain import GENESIS, row_hash
+from ._errors import (
+    DuplicateIdempotencyKey,
+    NerveError,
+    WrongExpectedVersion,
+)
+from ._sqlite import map_error
+from ._types import (
+    EMPTY_META,
+    NO_STREAM,
+    STREAM_EXISTS,
+    AppendResult,
+    ExpectedVersion,
+    RecordedEvent,
+)
+
+T = TypeVar("T")
+
+_INSERT = (
+    "INSERT INTO logs (position, stream, version, type, type_version, source, ts, "
+    "payload, blob, meta, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+)
+_MAX_CACHED_STREAMS = 100_000
+
+
+@attrs.frozen
+class EncodedEvent:
+    """An event ready to write: its stored form and its canonical data."""
+
+    type: str
+    type_version: int
+    payload: str | None
+    blob: str | None
+    meta: str | None
+    data: Any
+    meta_obj: Any
+
+
+@attrs.define(eq=False)
+class AppendRequest:
+    """One `Log.append` call on its way to the writer."""
+
+    stream: str
+    events: Sequence[EncodedEvent]
+    expected: int | ExpectedVersion | None
+    key: str | None
+    source: str
+    done: trio.Event = attrs.field(factory=trio.Event)
+    taken: bool = False
+    outcome: AppendResult | BaseException | None = None
+
+
+class InlineHook(Protocol):
+    """Something folded inside the append transaction (an inline projection).
+
+    ``apply`` runs in the writer's thread with the write connection, inside the
+    transaction that writes ``events``. Raising refuses the events: the writer
+    isolates the request that caused it and fails that request alone.
+    """
+
+    def apply(self, conn: apsw.Connection, events: Sequence[RecordedEvent]) -> None:
+        """Fold ``events`` (already positioned) into the read model."""
+
+
+@attrs.define(eq=False)
+class _Staged:
+    request: AppendRequest
+    result: AppendResult
+    rows: list[tuple[Any, ...]]
+    last_hash: bytes
+    ts: int
+
+
+class LogWriter:
+    """Owns the write connection; every method runs in a worker thread."""
+
+    def __init__(
+        self,
+        conn: apsw.Connection,
+        path: Path,
+        *,
+        fts: bool,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.conn = conn
+        self.path = path
+        self.fts = fts
+        self.clock = clock
+        self.hooks: list[InlineHook] = []
+        self.head = 0
+        self.last_hash = GENESIS
+        self.last_ts = 0
+        self._versions: dict[str, int] = {}
+        self._data_version = -1
+
+    # -- state ------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Reload head, last hash and last ts when another connection wrote.
+
+        ``PRAGMA data_version`` changes only when a *different* connection
+        committed, so in the usual case (this process is the only writer) the
+        cached state stays valid and costs one pragma per batch.
+        """
+        dv = self.conn.execute("PRAGMA data_version").fetchall()[0][0]
+        if dv == self._data_version:
+            return
+        self._data_version = dv
+        self._versions.clear()
+        row = self.conn.execute(
+            "SELECT position, hash, ts FROM logs ORDER BY position DESC LIMIT 1"
+        ).fetchall()
+        if row:
+            self.head, self.last_hash, self.last_ts = (
+                row[0][0],
+                bytes(row[0][1]),
+                row[0][2],
+            )
+            return
+        # Everything may have moved to the archive: its watermark remembers
+        # where the chain stands.
+        meta = dict(
+            self.conn.execute(
+                "SELECT key, value FROM meta WHERE key IN "
+                "('archive.position', 'archive.hash', 'archive.ts')"
+            ).fetchall()
+        )
+        self.head = int(meta.get("archive.position", 0))
+        self.last_hash = (
+            bytes.fromhex(meta["archive.hash"]) if "archive.hash" in meta else GENESIS
+        )
+        self.last_ts = int(meta.get("archive.ts", 0))
+
+    def stream_version(self, stream: str) -> int:
+        v = self._versions.get(stream)
+        if v is not None:
+            return v
+        row = self.conn.execute(
+            "SELECT max(version) FROM logs WHERE stream=?", (stream,)
+        ).fetchall()
+        v = row[0][0]
+        if v is None:
+            row = self.conn.execute(
+                "SELECT version FROM archived_streams WHERE stream=?", (stream,)
+            ).fetchall()
+            v = row[0][0] if row else 0
+        if len(self._versions) >= _MAX_CACHED_STREAMS:
+            self._versions.clear()
+        self._versions[stream] = v
+        return v
+
+    # -- the batch ----------------------------------------------------------------
+
+    def write_batch(
+        self, requests: Sequence[AppendRequest]
+    ) -> list[AppendResult | BaseException]:
+        """Write every request in one transaction; return each one's outcome.
+
+        Never raises for a single request's fault: that request's outcome is
+        the exception. A fault of the whole transaction (disk full, I/O error)
+        becomes every request's outcome, and nothing of the batch is written.
+        """
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except apsw.Error as e:
+            return [map_error(self.path, e)] * len(requests)
+        saved = (self.head, self.last_hash, self.last_ts, dict(self._versions))
+        try:
+            self.refresh()
+            outcomes = self._write_all(requests)
+            conn.execute("COMMIT")
+        except BaseException as e:
+            self._rollback()
+            self.head, self.last_hash, self.last_ts, self._versions = saved
+            self._data_version = -1
+            if not isinstance(e, Exception):
+                raise
+            err = map_error(self.path, e) if isinstance(e, apsw.Error) else e
+            return [err] * len(requests)
+        return outcomes
+
+    def _rollback(self) -> None:
+        try:
+            self.conn.execute("ROLLBACK")
+        except apsw.Error:
+            pass  # SQLite already rolled back (e.g. after SQLITE_FULL)
+
+    def _write_all(
+        self, requests: Sequence[AppendRequest]
+    ) -> list[AppendResult | BaseException]:
+        conn = self.conn
+        start_state = (self.head, self.last_hash, self.last_ts, dict(self._versions))
+        outcomes, staged = self._stage_all(requests)
+        if not staged:
+            return outcomes
+        conn.execute("SAVEPOINT batch")
+        try:
+            self._insert(staged)
+            conn.execute("RELEASE batch")
+            return outcomes
+        except (apsw.FullError, apsw.IOError):
+            raise  # the whole transaction is lost; every request fails
+        except Exception:
+            conn.execute("ROLLBACK TO batch")
+            conn.execute("RELEASE batch")
+        # Slow path: one SAVEPOINT per request finds the culprit(s).
+        self.head, self.last_hash, self.last_ts, self._versions = start_state
+        outcomes = []
+        for request in requests:
+            one_outcomes, one_staged = self._stage_all([request])
+            if not one_staged:
+                outcomes.extend(one_outcomes)
+                continue
+            state = (self.head, self.last_hash, self.last_ts, dict(self._versions))
+            conn.execute("SAVEPOINT one")
+            try:
+                self._insert(one_staged)
+                conn.execute("RELEASE one")
+                outcomes.extend(one_outcomes)
+            except (apsw.FullError, apsw.IOError):
+                raise
+            except Exception as e:
+                conn.execute("ROLLBACK TO one")
+                conn.execute("RELEASE one")
+                self.head, self.last_hash, self.last_ts, self._versions = state
+                outcomes.append(
+                    map_error(self.path, e) if isinstance(e, apsw.Error) else e
+                )
+        return outcomes
+
+    def _stage_all(
+        self, requests: Sequence[AppendRequest]
+    ) -> tuple[list[AppendResult | BaseException], list[_Staged]]:
+        """Check and position every request; advance the in-memory state."""
+        outcomes: list[AppendResult | BaseException] = []
+        staged: list[_Staged] = []
+        keys: dict[str, AppendResult] = {}
+        now = max(int(self.clock() * 1000), self.last_ts)
+        for req in requests:
+            try:
+                outcomes.append(self._stage(req, keys, now, staged))
+            except NerveError as e:
+                outcomes.append(e)
+        return outcomes, staged
+
+    def _stage(
+        self,
+        req: AppendRequest,
+        keys: dict[str, AppendResult],
+        now: int,
+        staged: list[_Staged],
+    ) -> AppendResult:
+        stream = req.stream
+        if req.key is not None:
+            original = keys.get(req.key) or self._lookup_key(req.key)
+            if original is not None:
+                if original.stream != stream:
+                    raise DuplicateIdempotencyKey(req.key, original.stream, stream)
+                return attrs.evolve(original, duplicate=True)
+        current = self.stream_version(stream)
+        expected = req.expected
+        if expected is not None:
+            if expected is NO_STREAM:
+                ok = current == 0
+            elif expected is STREAM_EXISTS:
+                ok = current > 0
+            else:
+                ok = current == expected
+            if not ok:
+                raise WrongExpectedVersion(stream, expected, current)
+        position = self.head
+        prev = self.last_hash
+        source = req.source
+        rows = []
+        version = current
+        for ev in req.events:
+            position += 1
+            version += 1
+            prev = row_hash(
+                prev,
+                position,
+                stream,
+                version,
+                ev.type,
+                ev.type_version,
+                source,
+                now,
+                ev.payload,
+                ev.blob,
+                ev.meta,
+            )
+            rows.append(
+                (
+                    position,
+                    stream,
+                    version,
+                    ev.type,
+                    ev.type_version,
+                    source,
+                    now,
+                    ev.payload,
+                    ev.blob,
+                    ev.meta,
+                    prev,
+                )
+            )
+        result = AppendResult(stream, self.head + 1, position, version)
+        staged.append(_Staged(req, result, rows, prev, now))
+        self.head = position
+        self.last_hash = prev
+        self.last_ts = now
+        self._versions[stream] = version
+        if req.key is not None:
+            keys[req.key] = result
+        return result
+
+    def _lookup_key(self, key: str) -> AppendResult | None:
+        row = self.conn.execute(
+            "SELECT stream, first_position, last_position, version FROM idempotency "
+            "WHERE key=?",
+            (key,),
+        ).fetchall()
+        if not row:
+            return None
+        stream, first, last, version = row[0]
+        return AppendResult(stream, first, last, version)
+
+    def _insert(self, staged: Sequence[_Staged]) -> None:
+        conn = self.conn
+        if len(staged) == 1:
+            rows = staged[0].rows
+        else:
+            rows = [row for s in staged for row in s.rows]
+        conn.executemany(_INSERT, rows)
+        keyed = [
+            (
+                s.request.key,
+                s.result.stream,
+                s.result.first_position,
+                s.result.last_position,
+                s.result.version,
+            )
+            for s in staged
+            if s.request.key is not None
+        ]
+        if keyed:
+            conn.executemany("INSERT INTO idempotency VALUES (?,?,?,?,?)", keyed)
+        first = staged[0].result.first_position
+        last = staged[-1].result.last_position
+        if self.fts:
+            conn.execute(
+                "INSERT INTO logs_fts (rowid, type, stream, payload) "
+                "SELECT position, type, stream, payload FROM logs "
+                "WHERE position BETWEEN ? AND ?",
+                (first, last),
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('fts.position', ?)", (str(last),)
+            )
+        if self.hooks:
+            recorded = [
+                RecordedEvent(
+                    row[0],
+                    row[1],
+                    row[2],
+                    row[3],
+                    row[6],
+                    ev.data,
+                    ev.meta_obj or EMPTY_META,
+                    row[5],
+                )
+                for s in staged
+                for row, ev in zip(s.rows, s.request.events, strict=True)
+            ]
+            for hook in self.hooks:
+                hook.apply(conn, recorded)
+
+    # -- maintenance jobs ------------------------------------------------------------
+
+    def run_job(self, job: Callable[[apsw.Connection], T]) -> T:
+        """Run ``job`` in its own write transaction, serialized with appends."""
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except apsw.Error as e:
+            raise map_error(self.path, e) from e
+        try:
+            self.refresh()
+            result = job(conn)
+            conn.execute("COMMIT")
+        except BaseException as e:
+            self._rollback()
+            self._data_version = -1
+            if isinstance(e, apsw.Error):
+                raise map_error(self.path, e) from e
+            raise
+        # The job may have changed what the cached state is derived from.
+        self._data_version = -1
+        return result
