@@ -54,6 +54,9 @@ class EventRegistry:
         self._by_type: dict[str, EventClass] = {}
         self._by_cls: dict[builtins.type[Any], EventClass] = {}
         self.converter = make_converter()
+        from ._vocabulary import register_vocabulary
+
+        register_vocabulary(self)
 
     # -- registration ---------------------------------------------------------
 

@@ -8,7 +8,7 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -391,20 +391,29 @@ class Log:
         self, job: Callable[[apsw.Connection], Any], slot: _JobSlot
     ) -> None:
         try:
-            slot.result = await trio.to_thread.run_sync(self._writer.run_job, job)
+            slot.result = await trio.to_thread.run_sync(
+                self._writer.run_job, job, slot.attach
+            )
         except Exception as e:
             slot.error = e
         slot.done.set()
         self._advance(self._writer.head)
 
-    async def write_job(self, job: Callable[[apsw.Connection], T]) -> T:
+    async def write_job(
+        self,
+        job: Callable[[apsw.Connection], T],
+        *,
+        attach: Mapping[str, Path] | None = None,
+    ) -> T:
         """Run ``job(conn)`` in a write transaction, serialized with appends.
 
         For maintenance that must not race appends (archiving, projection
-        swaps). ``job`` runs in a worker thread with the write connection.
+        swaps). ``job`` runs in a worker thread with the write connection;
+        ``attach`` maps schema names to database files attached around the
+        transaction (SQLite cannot attach inside one).
         """
         self._check_open()
-        slot = _JobSlot()
+        slot = _JobSlot(attach=attach)
         self._jobs.append((job, slot))
         self._wakeup.set()
         with trio.CancelScope(shield=True):
@@ -767,6 +776,7 @@ class Log:
 
 @attrs.define(eq=False)
 class _JobSlot:
+    attach: Mapping[str, Path] | None = None
     done: trio.Event = attrs.field(factory=trio.Event)
     result: Any = None
     error: BaseException | None = None
@@ -801,6 +811,25 @@ class EventReader:
 
     def __aiter__(self) -> EventReader:
         return self
+
+    @property
+    def position(self) -> int:
+        """How far the reader has looked: every event up to here was delivered
+        or did not match its filters."""
+        if self._index < len(self._buffer):
+            return self._buffer[self._index].position - 1
+        return self._after
+
+    async def next_page(self) -> list[RecordedEvent]:
+        """The next events as one list (at most a page); [] when iteration ends.
+
+        Projections fold a page in one transaction instead of one per event.
+        """
+        if self._index >= len(self._buffer) and not await self._fetch():
+            return []
+        page = self._buffer[self._index :]
+        self._index = len(self._buffer)
+        return page
 
     async def __anext__(self) -> RecordedEvent:
         while self._index >= len(self._buffer):

@@ -16,7 +16,7 @@ LOG_APPLICATION_ID: Final = 0x6E72766C
 MIGRATIONS: Final = (
     Migration(
         1,
-        "the log, its metadata, idempotency keys and full-text index",
+        "the log, metadata, idempotency keys, projection checkpoints, full-text index",
         """
         CREATE TABLE meta (
             key   TEXT PRIMARY KEY,
@@ -54,6 +54,14 @@ MIGRATIONS: Final = (
         CREATE TABLE archived_streams (
             stream  TEXT PRIMARY KEY,
             version INTEGER NOT NULL
+        ) WITHOUT ROWID;
+
+        -- Checkpoints of the projections kept in this database (workflow_runs):
+        -- they commit in the same transaction as the projection's rows.
+        CREATE TABLE projections (
+            name     TEXT PRIMARY KEY,
+            version  INTEGER NOT NULL,
+            position INTEGER NOT NULL
         ) WITHOUT ROWID;
 
         -- External-content FTS5: the text lives once, in logs. It is filled by

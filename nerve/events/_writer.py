@@ -15,7 +15,7 @@ no high-water mark.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -403,12 +403,21 @@ class LogWriter:
 
     # -- maintenance jobs ------------------------------------------------------------
 
-    def run_job(self, job: Callable[[apsw.Connection], T]) -> T:
+    def run_job(
+        self,
+        job: Callable[[apsw.Connection], T],
+        attach: Mapping[str, Path] | None = None,
+    ) -> T:
         """Run ``job`` in its own write transaction, serialized with appends."""
         conn = self.conn
+        attached: list[str] = []
         try:
+            for schema, path in (attach or {}).items():
+                conn.execute("ATTACH DATABASE ? AS " + _quote(schema), (str(path),))
+                attached.append(schema)
             conn.execute("BEGIN IMMEDIATE")
         except apsw.Error as e:
+            self._detach(attached)
             raise map_error(self.path, e) from e
         try:
             self.refresh()
@@ -417,9 +426,19 @@ class LogWriter:
         except BaseException as e:
             self._rollback()
             self._data_version = -1
+            self._detach(attached)
             if isinstance(e, apsw.Error):
                 raise map_error(self.path, e) from e
             raise
+        self._detach(attached)
         # The job may have changed what the cached state is derived from.
         self._data_version = -1
         return result
+
+    def _detach(self, schemas: Sequence[str]) -> None:
+        for schema in schemas:
+            self.conn.execute("DETACH DATABASE " + _quote(schema))
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
