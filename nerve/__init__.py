@@ -30,6 +30,7 @@ from .events import NewerSchemaError as NewerSchemaError
 from .events import NewEvent as NewEvent
 from .events import NotADatabaseError as NotADatabaseError
 from .events import RecordedEvent as RecordedEvent
+from .events import RefusedByProjection as RefusedByProjection
 from .events import SchemaError as SchemaError
 from .events import SearchHit as SearchHit
 from .events import SearchQueryError as SearchQueryError

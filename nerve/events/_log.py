@@ -191,7 +191,9 @@ class Log:
         clock: Callable[[], float],
     ) -> Log:
         _make_data_dir(data_dir)
-        conn = open_connection(db_path, synchronous="FULL")
+        conn = open_connection(
+            db_path, synchronous="FULL", application_id=LOG_APPLICATION_ID, what="log"
+        )
         try:
             migrate(
                 conn, db_path, MIGRATIONS, application_id=LOG_APPLICATION_ID, what="log"
@@ -313,6 +315,11 @@ class Log:
             )
         if isinstance(events, NewEvent):
             events = (events,)
+        elif not isinstance(events, Iterable):
+            raise InvalidEventError(
+                f"append to {stream!r}: expected a NewEvent or an iterable of "
+                f"them, got {events.__class__.__qualname__}"
+            )
         encoded: list[EncodedEvent] = []
         big: list[int] = []
         for ev in events:
@@ -491,17 +498,16 @@ class Log:
             payload = self.blobs.get_sync(blob)
         try:
             data = self.registry.decode(type_, type_version, payload)
+            meta_obj = _loads(meta) if meta is not None else EMPTY_META
         except EventDecodingError as e:
             raise EventDecodingError(f"position {position}: {e}") from e
+        except orjson.JSONDecodeError as e:
+            raise EventDecodingError(
+                f"position {position}: stored event {type_!r} is not valid JSON "
+                f"({e}); Log.verify() tells whether the log was altered"
+            ) from e
         return RecordedEvent(
-            position,
-            stream,
-            version,
-            type_,
-            ts,
-            data,
-            _loads(meta) if meta is not None else EMPTY_META,
-            source,
+            position, stream, version, type_, ts, data, meta_obj, source
         )
 
     def read(
@@ -798,7 +804,7 @@ class EventReader:
         *,
         follow: bool,
     ) -> None:
-        if not isinstance(after, int) or after < 0:
+        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
             raise ValueError(f"after must be a position >= 0, got {after!r}")
         self._log = log
         self._after = after
@@ -820,16 +826,23 @@ class EventReader:
             return self._buffer[self._index].position - 1
         return self._after
 
-    async def next_page(self) -> list[RecordedEvent]:
-        """The next events as one list (at most a page); [] when iteration ends.
+    async def next_page(self) -> tuple[list[RecordedEvent], int] | None:
+        """The next events as one list (at most a page), and the position the
+        reader has looked up to; None when the iteration is over.
 
-        Projections fold a page in one transaction instead of one per event.
+        The list is empty when the reader only skipped events its filters
+        exclude: a projection still records how far it has looked. Projections
+        fold a page in one transaction instead of one per event.
         """
-        if self._index >= len(self._buffer) and not await self._fetch():
-            return []
+        if self._index >= len(self._buffer):
+            got = await self._fetch(report_scans=True)
+            if got is False:
+                return None
+            if got is None:
+                return [], self._after
         page = self._buffer[self._index :]
         self._index = len(self._buffer)
-        return page
+        return page, self._after
 
     async def __anext__(self) -> RecordedEvent:
         while self._index >= len(self._buffer):
@@ -839,8 +852,13 @@ class EventReader:
         self._index += 1
         return ev
 
-    async def _fetch(self) -> bool:
-        """Fill the buffer; False when the iteration is over."""
+    async def _fetch(self, *, report_scans: bool = False) -> bool | None:
+        """Fill the buffer.
+
+        Returns True when it holds events, False when the iteration is over,
+        and None (only with ``report_scans``) when the reader moved past
+        events its filters skipped without finding one.
+        """
         log = self._log
         while True:
             if self._archive is not None:
@@ -858,8 +876,10 @@ class EventReader:
                 self._index = 0
                 self._after = events[-1].position
                 return True
-            if scanned is not None:
-                self._after = max(self._after, scanned)
+            if scanned is not None and scanned > self._after:
+                self._after = scanned
+                if report_scans:
+                    return None
             if self._archive is not None:
                 continue
             if not self._follow:
@@ -871,7 +891,9 @@ class EventReader:
         self, conn: apsw.Connection
     ) -> tuple[list[RecordedEvent], int | None] | _ArchiveCursor:
         log = self._log
-        wm = conn.execute("SELECT value FROM meta WHERE key='arch.position'").fetchall()
+        wm = conn.execute(
+            "SELECT value FROM meta WHERE key='archive.position'"
+        ).fetchall()
         watermark = int(wm[0][0]) if wm else 0
         if self._after < watermark:
             days = [d for d in arch.list_days(conn) if d.last > self._after]
@@ -1047,9 +1069,9 @@ def _commit_day(conn: apsw.Connection, day: arch.ArchiveDay) -> bool:
     conn.executemany(
         "INSERT OR REPLACE INTO meta VALUES (?, ?)",
         [
-            ("arch.position", str(day.last)),
-            ("arch.hash", bytes(last[0][0]).hex()),
-            ("arch.ts", str(last[0][1])),
+            ("archive.position", str(day.last)),
+            ("archive.hash", bytes(last[0][0]).hex()),
+            ("archive.ts", str(last[0][1])),
             (arch.day_meta_key(day.day), day.to_json()),
         ],
     )

@@ -115,11 +115,17 @@ def open_connection(
     synchronous: str = "FULL",
     readonly: bool = False,
     create: bool = True,
+    application_id: int | None = None,
+    what: str = "nerve",
 ) -> apsw.Connection:
     """Open a WAL-mode SQLite database with nerve's settings.
 
+    With ``application_id``, an existing database of another application is
+    refused before switching to WAL, which would rewrite its header.
+
     Raises:
-        NotADatabaseError: the file exists and is not SQLite.
+        NotADatabaseError: the file exists and is not SQLite (or, with
+            ``application_id``, not the ``what`` database).
         DatabaseError: it cannot be opened.
     """
     existed = check_file(path)
@@ -138,6 +144,8 @@ def open_connection(
             # Reading the schema is the first thing that touches the file's
             # contents; a corrupt or non-SQLite file fails here, unchanged.
             conn.execute("SELECT count(*) FROM sqlite_schema").fetchall()
+            if application_id is not None:
+                check_application_id(conn, path, application_id, what)
             if not readonly:
                 mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
                 if str(mode).lower() != "wal":
@@ -153,6 +161,20 @@ def open_connection(
 def table_names(conn: apsw.Connection) -> set[str]:
     rows = conn.execute("SELECT name FROM sqlite_schema WHERE type='table'")
     return {r[0] for r in rows}
+
+
+def check_application_id(
+    conn: apsw.Connection, path: object, application_id: int, what: str
+) -> None:
+    """Refuse a database that belongs to another application (reads only)."""
+    app_id = conn.execute("PRAGMA application_id").fetchall()[0][0]
+    tables = table_names(conn)
+    if app_id != application_id and (app_id != 0 or tables):
+        raise NotADatabaseError(
+            path,
+            f"not a nerve {what} database (application_id {app_id:#x}, "
+            f"tables {sorted(tables)[:5]}); the file was left untouched",
+        )
 
 
 def migrate(
@@ -176,14 +198,8 @@ def migrate(
         if m.version != i:
             raise ValueError(f"migrations of {what} must be numbered 1, 2, 3...")
     with mapped_errors(path):
-        app_id = conn.execute("PRAGMA application_id").fetchall()[0][0]
+        check_application_id(conn, path, application_id, what)
         tables = table_names(conn)
-        if app_id != application_id and (app_id != 0 or tables):
-            raise NotADatabaseError(
-                path,
-                f"not a nerve {what} database (application_id {app_id:#x}, "
-                f"tables {sorted(tables)[:5]}); the file was left untouched",
-            )
         applied: dict[int, str] = {}
         if "schema_version" in tables:
             applied = dict(conn.execute("SELECT version, checksum FROM schema_version"))

@@ -143,7 +143,7 @@ class LogWriter:
             )
             return
         # Everything may have moved to the archive: its watermark remembers
-        # where the chain stands.
+        # where the chain stands (the keys `_log._commit_day` writes).
         meta = dict(
             self.conn.execute(
                 "SELECT key, value FROM meta WHERE key IN "

@@ -1,0 +1,190 @@
+"""What a projection is, and where its checkpoint lives.
+
+A projection is a read model folded from the log. It declares a name, a
+version, the event types it handles, the database file it lives in (relative
+to the data directory) and its tables; it knows how to create those tables
+and how to fold a *batch* of events into them inside a transaction that the
+caller owns. The caller commits the projection's checkpoint (last position and
+version) in that same transaction, so every event takes effect exactly once,
+whatever instant the process dies at.
+
+Projections must be deterministic functions of the events (no wall clock, no
+randomness): that is what makes a rebuild or a replay equal the live model.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Final
+
+import apsw
+import attrs
+
+from nerve.events import Migration, RecordedEvent
+from nerve.events._sqlite import migrate, open_connection
+
+Progress = Callable[[int, int], None]
+"""A progress callback: ``progress(position_done, head)``."""
+
+#: ``PRAGMA application_id`` of a projection database ("nrvp").
+PROJECTION_APPLICATION_ID: Final = 0x6E727670
+
+PROJECTION_DB_MIGRATIONS: Final = (
+    Migration(
+        1,
+        "projection checkpoints",
+        """
+        CREATE TABLE projections (
+            name     TEXT PRIMARY KEY,
+            version  INTEGER NOT NULL,
+            position INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
+)
+
+
+class Projection(abc.ABC):
+    """A read model folded from the log.
+
+    Attributes:
+        name: unique among the projections of a kernel; names the checkpoint.
+        version: bump it when the tables or the folding change: the projection
+            is rebuilt from the whole history the next time it opens.
+        types: the event types it folds (None: all of them).
+        database: its database file, relative to the data directory
+            (``logs.db`` for inline projections).
+        tables: each table it owns, with the columns that order and identify
+            its rows (used by `verify` to compare row by row).
+    """
+
+    name: str
+    version: int = 1
+    types: frozenset[str] | None = None
+    database: str = "logs.db"
+    tables: Mapping[str, Sequence[str]] = {}
+
+    @abc.abstractmethod
+    def setup(self, conn: apsw.Connection) -> None:
+        """Create the projection's (empty) tables and indexes in ``main``."""
+
+    @abc.abstractmethod
+    def apply(self, conn: apsw.Connection, events: Sequence[RecordedEvent]) -> None:
+        """Fold a batch of events, in position order, inside the caller's
+        transaction. Raise to refuse the batch (inline projections: the
+        append that carried the events fails and nothing is written)."""
+
+    def handles(self, event_type: str) -> bool:
+        return self.types is None or event_type in self.types
+
+    def __repr__(self) -> str:
+        return f"<{self.__class__.__name__} {self.name!r} v{self.version}>"
+
+
+@attrs.frozen
+class Checkpoint:
+    """Where a projection stands: its version and the last position folded."""
+
+    version: int
+    position: int
+
+
+@attrs.frozen
+class ProjectionStatistics:
+    """A projection's state.
+
+    Attributes:
+        name: the projection's name.
+        version: its version.
+        position: the last position folded (or scanned past).
+        head: the log's head as known to this process.
+        lag: ``head - position``: how far behind the log it is.
+        events: events folded since it was opened.
+        batches: transactions since it was opened.
+        rebuilds: rebuilds since it was opened.
+        rebuilding: whether a rebuild is running now.
+    """
+
+    name: str
+    version: int
+    position: int
+    head: int
+    lag: int
+    events: int
+    batches: int
+    rebuilds: int
+    rebuilding: bool
+
+
+def read_checkpoint(conn: apsw.Connection, name: str) -> Checkpoint | None:
+    rows = conn.execute(
+        "SELECT version, position FROM main.projections WHERE name = ?", (name,)
+    ).fetchall()
+    return Checkpoint(rows[0][0], rows[0][1]) if rows else None
+
+
+def write_checkpoint(
+    conn: apsw.Connection, projection: Projection, position: int
+) -> None:
+    conn.execute(
+        "INSERT INTO main.projections (name, version, position) VALUES (?, ?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET version = excluded.version, "
+        "position = excluded.position",
+        (projection.name, projection.version, position),
+    )
+
+
+def fold(
+    conn: apsw.Connection,
+    projection: Projection,
+    events: Sequence[RecordedEvent],
+    position: int,
+) -> int:
+    """Apply the events this projection handles and move its checkpoint.
+
+    Runs inside the caller's transaction. Returns how many events it folded.
+    """
+    mine = [e for e in events if projection.handles(e.type)]
+    if mine:
+        projection.apply(conn, mine)
+    write_checkpoint(conn, projection, position)
+    return len(mine)
+
+
+def open_projection_db(path: Path) -> apsw.Connection:
+    """Open (creating) a projection database: WAL, synchronous=NORMAL.
+
+    Derived data may lose its last transactions on power loss; it catches up
+    from the log, so it does not pay an fsync per commit.
+    """
+    conn = open_connection(path, synchronous="NORMAL")
+    try:
+        migrate(
+            conn,
+            path,
+            PROJECTION_DB_MIGRATIONS,
+            application_id=PROJECTION_APPLICATION_ID,
+            what="projection",
+        )
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def drop_tables(
+    conn: apsw.Connection, projection: Projection, schema: str = "main"
+) -> None:
+    """Drop the projection's tables (their indexes and triggers go with them)."""
+    for table in projection.tables:
+        conn.execute(f'DROP TABLE IF EXISTS {schema}."{table}"')
+
+
+def table_exists(conn: apsw.Connection, table: str, schema: str = "main") -> bool:
+    rows = conn.execute(
+        f"SELECT 1 FROM {schema}.sqlite_schema WHERE name = ? AND type = 'table'",
+        (table,),
+    ).fetchall()
+    return bool(rows)

@@ -1,0 +1,175 @@
+"""Folding the history into fresh databases, and swapping them in atomically.
+
+A rebuild never touches the live tables until the fresh ones are complete:
+the history (archived days and the hot table) is folded into a new database
+file, which is then copied over the live tables in one transaction. Readers see
+the old model until that transaction commits and the new one after, never a
+half-built model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import apsw
+import trio
+
+from nerve.events import Log, RecordedEvent
+
+from ._base import (
+    Progress,
+    Projection,
+    drop_tables,
+    fold,
+    open_projection_db,
+    write_checkpoint,
+)
+
+
+def remove_db(path: Path) -> None:
+    """Delete a (temporary) database file with its -wal and -shm files."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+
+
+def union_types(projections: Sequence[Projection]) -> frozenset[str] | None:
+    types: set[str] = set()
+    for p in projections:
+        if p.types is None:
+            return None
+        types |= p.types
+    return frozenset(types)
+
+
+def open_fresh(path: Path, projections: Sequence[Projection]) -> apsw.Connection:
+    """A new projection database with the projections' empty tables."""
+    conn = open_projection_db(path)
+    # A fresh build is thrown away if anything goes wrong, so it needs no
+    # durability until it is swapped in (the swap commits in the live DB).
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for p in projections:
+            p.setup(conn)
+            write_checkpoint(conn, p, 0)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        conn.close()
+        raise
+    return conn
+
+
+def fold_page(
+    conn: apsw.Connection,
+    projections: Sequence[Projection],
+    events: Sequence[RecordedEvent],
+    position: int,
+) -> int:
+    """Fold one page into every projection of a database, in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        n = sum(fold(conn, p, events, position) for p in projections)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return n
+
+
+async def build(
+    log: Log,
+    targets: Mapping[Path, Sequence[Projection]],
+    *,
+    upto: int | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """Fold the history up to ``upto`` (default: the head now) into fresh DBs.
+
+    ``targets`` maps each new database file (which must not exist) to the
+    projections it holds. One pass over the log feeds them all.
+
+    Returns:
+        The position the fresh databases are complete up to.
+    """
+    target = log.head if upto is None else upto
+    conns: dict[Path, apsw.Connection] = {}
+    try:
+        for path, projections in targets.items():
+            if path.exists():
+                raise FileExistsError(f"{path} exists; a fresh build needs a new file")
+            conns[path] = await trio.to_thread.run_sync(open_fresh, path, projections)
+        every = [p for ps in targets.values() for p in ps]
+        reader = log.read(after=0, types=union_types(every))
+        while True:
+            got = await reader.next_page()
+            if got is None:
+                break
+            events, scanned = got
+            page = [e for e in events if e.position <= target]
+            done = min(scanned, target)
+            if page:
+
+                def fold_all(
+                    page: list[RecordedEvent] = page, done: int = done
+                ) -> None:
+                    for path, projections in targets.items():
+                        fold_page(conns[path], projections, page, done)
+
+                await trio.to_thread.run_sync(fold_all)
+            if progress is not None:
+                progress(done, target)
+            if scanned >= target:
+                break
+
+        def finish() -> None:
+            for path, projections in targets.items():
+                conn = conns[path]
+                conn.execute("BEGIN IMMEDIATE")
+                for p in projections:
+                    write_checkpoint(conn, p, target)
+                conn.execute("COMMIT")
+                # Leave a self-contained file (no -wal) for copying or keeping.
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+        await trio.to_thread.run_sync(finish)
+        if progress is not None:
+            progress(target, target)
+        return target
+    finally:
+        for conn in conns.values():
+            conn.close()
+
+
+def copy_in(
+    conn: apsw.Connection,
+    projections: Sequence[Projection],
+    position: int,
+    schema: str = "fresh",
+) -> None:
+    """Replace the live tables by the attached fresh ones (caller's transaction).
+
+    The live tables are dropped and created again from the projection's
+    current ``setup``, so a new version's schema takes effect with its rows.
+    """
+    for p in projections:
+        drop_tables(conn, p)
+        p.setup(conn)
+        for table in p.tables:
+            conn.execute(f'INSERT INTO main."{table}" SELECT * FROM {schema}."{table}"')
+        write_checkpoint(conn, p, position)
+
+
+@contextlib.contextmanager
+def temporary_db(folder: Path, name: str) -> Iterator[Path]:
+    """A path for a temporary database in ``folder``, removed afterwards."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    path = folder / f".rebuild-{safe}-{os.getpid()}.db"
+    remove_db(path)
+    try:
+        yield path
+    finally:
+        remove_db(path)

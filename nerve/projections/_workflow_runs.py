@@ -1,0 +1,257 @@
+"""``workflow_runs``: one row per workflow run, kept inline in ``logs.db``.
+
+Folded inside the append transaction, so a run's row and the event that moved
+it always agree. Only the seed's transitions are legal; an event that would
+make any other refuses its append (nothing of it is written)::
+
+    queued  -> started | dropped
+    started -> completed | failed | crashed | interrupted
+    crashed -> started            (resumed)
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+import apsw
+import attrs
+import orjson
+
+from nerve.events import Log, RecordedEvent, RefusedByProjection
+from nerve.events._vocabulary import (
+    ACTIVE_STATUSES,
+    RUN_STATUS_OF_TYPE,
+    TRANSITIONS,
+    RunCrashed,
+    RunDropped,
+    RunFailed,
+    RunInterrupted,
+    RunQueued,
+    RunStarted,
+    StepJournaled,
+    ThreadMessage,
+    run_id_of,
+    run_stream,
+)
+
+from ._base import Projection
+
+_COLUMNS: Final = (
+    "run_id, workflow, status, attempt, payload, result, error_type, error, "
+    "queued_at, started_at, ended_at, seq, position"
+)
+
+
+@attrs.frozen
+class RunRecord:
+    """A row of ``workflow_runs``.
+
+    Attributes:
+        run_id: the run's id (its stream is ``run-<run_id>``).
+        workflow: the workflow's name.
+        status: queued, started, completed, failed, crashed, interrupted or
+            dropped.
+        attempt: how many times it started (0 while first queued).
+        payload: the trigger's payload.
+        result: what the run returned (completed runs).
+        error_type: the exception's type (failed runs).
+        error: the exception's message, or why it crashed, was interrupted or
+            dropped.
+        queued_at, started_at, ended_at: event timestamps (ms, UTC).
+        seq: the position of its ``queued`` event: FIFO order.
+        position: the position of its last lifecycle event.
+    """
+
+    run_id: str
+    workflow: str
+    status: str
+    attempt: int
+    payload: Any
+    result: Any
+    error_type: str | None
+    error: str | None
+    queued_at: int
+    started_at: int | None
+    ended_at: int | None
+    seq: int
+    position: int
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> RunRecord:
+        r = list(row)
+        r[4] = orjson.loads(r[4]) if r[4] is not None else None
+        r[5] = orjson.loads(r[5]) if r[5] is not None else None
+        return cls(*r)
+
+
+class WorkflowRuns(Projection):
+    """The ``workflow_runs`` read model (inline, in ``logs.db``)."""
+
+    name = "workflow_runs"
+    version = 1
+    types = frozenset(RUN_STATUS_OF_TYPE)
+    database = "logs.db"
+    tables = {"workflow_runs": ("run_id",)}
+
+    def setup(self, conn: apsw.Connection) -> None:
+        conn.execute(
+            """
+            CREATE TABLE workflow_runs (
+                run_id     TEXT PRIMARY KEY,
+                workflow   TEXT    NOT NULL,
+                status     TEXT    NOT NULL,
+                attempt    INTEGER NOT NULL,
+                payload    TEXT,
+                result     TEXT,
+                error_type TEXT,
+                error      TEXT,
+                queued_at  INTEGER NOT NULL,
+                started_at INTEGER,
+                ended_at   INTEGER,
+                seq        INTEGER NOT NULL,
+                position   INTEGER NOT NULL
+            ) WITHOUT ROWID;
+            -- "runs of workflow W in status S", oldest first
+            CREATE INDEX workflow_runs_by_status
+                ON workflow_runs (workflow, status, seq);
+            -- active runs across workflows (crash recovery at start)
+            CREATE INDEX workflow_runs_by_status_only ON workflow_runs (status, seq);
+            """
+        )
+
+    def apply(self, conn: apsw.Connection, events: Sequence[RecordedEvent]) -> None:
+        rows: dict[str, list[Any]] = {}
+        for e in events:
+            run_id = run_id_of(e.stream)
+            if run_id is None:
+                raise RefusedByProjection(
+                    f"{e.type} at position {e.position}: lifecycle events belong in "
+                    f"a run stream ('run-<id>'), not {e.stream!r}"
+                )
+            row = rows.get(run_id)
+            if row is None:
+                found = conn.execute(
+                    f"SELECT {_COLUMNS} FROM workflow_runs WHERE run_id = ?", (run_id,)
+                ).fetchall()
+                row = list(found[0]) if found else None
+            rows[run_id] = _transition(row, run_id, e)
+        conn.executemany(
+            f"INSERT OR REPLACE INTO workflow_runs ({_COLUMNS}) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            rows.values(),
+        )
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _transition(row: list[Any] | None, run_id: str, e: RecordedEvent) -> list[Any]:
+    status = RUN_STATUS_OF_TYPE[e.type]
+    current = row[2] if row is not None else None
+    if status not in TRANSITIONS[current]:
+        allowed = ", ".join(sorted(TRANSITIONS[current])) or "nothing (it has ended)"
+        what = f"is {current}" if current else "does not exist"
+        raise RefusedByProjection(
+            f"run {run_id!r} {what}: it cannot become {status} (position {e.position}, "
+            f"{e.type}); from there it may become: {allowed}. Nothing was written."
+        )
+    data = e.data
+    if row is None:
+        assert isinstance(data, RunQueued)
+        return [
+            run_id, data.workflow, status, 0, _dumps(data.payload), None, None,
+            None, e.ts, None, None, e.position, e.position,
+        ]  # fmt: skip
+    row[2] = status
+    row[12] = e.position
+    if isinstance(data, RunStarted):
+        row[3] = data.attempt
+        row[9] = e.ts
+        row[6] = row[7] = row[10] = None
+    else:
+        row[10] = e.ts
+        if isinstance(data, RunFailed):
+            row[6], row[7] = data.error_type, data.message
+        elif isinstance(data, RunCrashed | RunInterrupted | RunDropped):
+            row[6], row[7] = None, data.reason
+        else:
+            row[5] = _dumps(getattr(data, "result", None))
+    return row
+
+
+class RunQueries:
+    """Read the ``workflow_runs`` model and the threads of runs.
+
+    Example:
+        >>> runs = RunQueries(log)
+        >>> await runs.list(workflow="greet", status="queued")
+    """
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+
+    async def list(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[RunRecord]:
+        """Runs, oldest first, by workflow and/or status(es)."""
+        where: builtins.list[str] = []
+        params: builtins.list[Any] = []
+        if workflow is not None:
+            where.append("workflow = ?")
+            params.append(workflow)
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else [*status]
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            params.extend(statuses)
+        sql = f"SELECT {_COLUMNS} FROM workflow_runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+
+        def q(conn: apsw.Connection) -> builtins.list[RunRecord]:
+            return [RunRecord.from_row(r) for r in conn.execute(sql, params)]
+
+        return await self.log._read(q)
+
+    async def active(self, workflow: str | None = None) -> builtins.list[RunRecord]:
+        """Runs queued or started, oldest first."""
+        return await self.list(workflow=workflow, status=sorted(ACTIVE_STATUSES))
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        """One run, or None."""
+
+        def q(conn: apsw.Connection) -> RunRecord | None:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM workflow_runs WHERE run_id = ?", (run_id,)
+            ).fetchall()
+            return RunRecord.from_row(rows[0]) if rows else None
+
+        return await self.log._read(q)
+
+    async def messages(self, run_id: str) -> builtins.list[ThreadMessage]:
+        """The run's thread messages, in order."""
+        return [
+            e.data
+            async for e in self.log.read(
+                stream=run_stream(run_id), types=["workflow.message"]
+            )
+        ]
+
+    async def steps(self, run_id: str) -> builtins.list[StepJournaled]:
+        """The run's journaled steps, in order."""
+        return [
+            e.data
+            async for e in self.log.read(
+                stream=run_stream(run_id), types=["workflow.step"]
+            )
+        ]
