@@ -31,6 +31,7 @@ from ._errors import StorageIOError as StorageIOError
 from ._errors import UnknownEventTypeError as UnknownEventTypeError
 from ._errors import WrongExpectedVersion as WrongExpectedVersion
 from ._log import Log as Log
+from ._log import PendingAppend as PendingAppend
 from ._log import SearchHit as SearchHit
 from ._log import open_log as open_log
 from ._sqlite import Migration as Migration

@@ -160,6 +160,8 @@ class Log:
         self.blob_threshold = blob_threshold
         self.watch_interval = watch_interval
         self._writer = writer
+        writer.blobs = self.blobs
+        writer.blob_threshold = blob_threshold
         self._pool: list[apsw.Connection] = []
         self._pending: deque[AppendRequest] = deque()
         self._wakeup = trio.Event()
@@ -273,26 +275,35 @@ class Log:
         taken is withdrawn (nothing written); one already being written is
         waited for, so it is never reported cancelled while it commits.
         """
+        return await self.submit(
+            stream,
+            events,
+            expected_version=expected_version,
+            idempotency_key=idempotency_key,
+        ).wait()
+
+    def submit(
+        self,
+        stream: str,
+        events: NewEvent | Iterable[NewEvent],
+        *,
+        expected_version: int | ExpectedVersion | None = None,
+        idempotency_key: str | None = None,
+    ) -> PendingAppend:
+        """Queue an append without waiting for it; `append` is ``submit`` + wait.
+
+        Appends are written in the order they are submitted, so an actor can
+        decide several things in a row and submit their events in that order
+        without waiting for each fsync. Encoding errors raise here, before
+        anything is queued. Await `PendingAppend.wait` for the result.
+        """
         self._check_open()
-        request = await self._prepare(stream, events, expected_version, idempotency_key)
-        self._check_open()
+        request = self._prepare(stream, events, expected_version, idempotency_key)
         self._pending.append(request)
         self._wakeup.set()
-        try:
-            await request.done.wait()
-        except trio.Cancelled:
-            if not request.taken:
-                self._pending.remove(request)
-                raise
-            with trio.CancelScope(shield=True):
-                await request.done.wait()
-        outcome = request.outcome
-        if isinstance(outcome, BaseException):
-            raise outcome
-        assert outcome is not None
-        return outcome
+        return PendingAppend(self, request)
 
-    async def _prepare(
+    def _prepare(
         self,
         stream: str,
         events: NewEvent | Iterable[NewEvent],
@@ -321,7 +332,7 @@ class Log:
                 f"them, got {events.__class__.__qualname__}"
             )
         encoded: list[EncodedEvent] = []
-        big: list[int] = []
+        big = False
         for ev in events:
             if not isinstance(ev, NewEvent):
                 raise InvalidEventError(
@@ -331,20 +342,13 @@ class Log:
             check_type_name(ev.type)
             payload, type_version, data = self.registry.encode(ev.type, ev.data)
             meta = encode_meta(ev.type, ev.meta)
-            if len(payload) > self.blob_threshold:
-                big.append(len(encoded))
+            big = big or len(payload) > self.blob_threshold
             encoded.append(
                 EncodedEvent(ev.type, type_version, payload, None, meta, data, ev.meta)
             )
         if not encoded:
             raise InvalidEventError(f"append to {stream!r} needs at least one event")
-        # The blob is on disk before the event that names it commits.
-        for i in big:
-            e = encoded[i]
-            assert e.payload is not None
-            digest = await self.blobs.put(e.payload.encode())
-            encoded[i] = attrs.evolve(e, payload=None, blob=digest)
-        return AppendRequest(stream, encoded, expected, key, self.source)
+        return AppendRequest(stream, encoded, expected, key, self.source, big=big)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -780,6 +784,42 @@ class Log:
         return await trio.to_thread.run_sync(run)
 
 
+class PendingAppend:
+    """An append on its way to the log (see `Log.submit`)."""
+
+    def __init__(self, log: Log, request: AppendRequest) -> None:
+        self._log = log
+        self._request = request
+
+    @property
+    def done(self) -> bool:
+        """Whether the outcome is known."""
+        return self._request.done.is_set()
+
+    async def wait(self) -> AppendResult:
+        """Wait until the append is durable and return its result.
+
+        Raises what the append raised (`WrongExpectedVersion`, ...).
+        Cancelled before the writer took it, the append is withdrawn (nothing
+        written); once taken, it is waited for, so it is never reported
+        cancelled while it commits.
+        """
+        request = self._request
+        try:
+            await request.done.wait()
+        except trio.Cancelled:
+            if not request.taken and request in self._log._pending:
+                self._log._pending.remove(request)
+                raise
+            with trio.CancelScope(shield=True):
+                await request.done.wait()
+        outcome = request.outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert outcome is not None
+        return outcome
+
+
 @attrs.define(eq=False)
 class _JobSlot:
     attach: Mapping[str, Path] | None = None
@@ -1087,4 +1127,4 @@ def _archived_blobs(data_dir: Path, days: Sequence[arch.ArchiveDay]) -> list[str
     ]
 
 
-__all__ = ["LOG_FILE", "EventReader", "Log", "SearchHit", "open_log"]
+__all__ = ["LOG_FILE", "EventReader", "Log", "PendingAppend", "SearchHit", "open_log"]

@@ -23,6 +23,7 @@ import apsw
 import attrs
 import trio
 
+from ._blobs import BlobStore
 from ._chain import GENESIS, row_hash
 from ._errors import (
     DuplicateIdempotencyKey,
@@ -70,6 +71,8 @@ class AppendRequest:
     expected: int | ExpectedVersion | None
     key: str | None
     source: str
+    big: bool = False
+    """Some payload exceeds the blob threshold: store it before writing."""
     done: trio.Event = attrs.field(factory=trio.Event)
     taken: bool = False
     outcome: AppendResult | BaseException | None = None
@@ -112,6 +115,8 @@ class LogWriter:
         self.fts = fts
         self.clock = clock
         self.hooks: list[InlineHook] = []
+        self.blobs: BlobStore | None = None
+        self.blob_threshold = 0
         self.head = 0
         self.last_hash = GENESIS
         self.last_ts = 0
@@ -186,6 +191,7 @@ class LogWriter:
         becomes every request's outcome, and nothing of the batch is written.
         """
         conn = self.conn
+        blob_errors = self._store_blobs(requests)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except apsw.Error as e:
@@ -193,7 +199,14 @@ class LogWriter:
         saved = (self.head, self.last_hash, self.last_ts, dict(self._versions))
         try:
             self.refresh()
-            outcomes = self._write_all(requests)
+            if blob_errors:
+                outcomes = self._write_all(
+                    [r for r in requests if r not in blob_errors]
+                )
+                it = iter(outcomes)
+                outcomes = [blob_errors.get(r) or next(it) for r in requests]
+            else:
+                outcomes = self._write_all(requests)
             conn.execute("COMMIT")
         except BaseException as e:
             self._rollback()
@@ -204,6 +217,34 @@ class LogWriter:
             err = map_error(self.path, e) if isinstance(e, apsw.Error) else e
             return [err] * len(requests)
         return outcomes
+
+    def _store_blobs(
+        self, requests: Sequence[AppendRequest]
+    ) -> dict[AppendRequest, BaseException]:
+        """Move big payloads to the blob store, before the transaction.
+
+        The blob is on disk before the event naming it commits. A request whose
+        blob cannot be stored fails alone.
+        """
+        errors: dict[AppendRequest, BaseException] = {}
+        if self.blobs is None:
+            return errors
+        for req in requests:
+            if not req.big:
+                continue
+            try:
+                req.events = [
+                    attrs.evolve(
+                        ev, payload=None, blob=self.blobs.put_sync(ev.payload.encode())
+                    )
+                    if ev.payload is not None and len(ev.payload) > self.blob_threshold
+                    else ev
+                    for ev in req.events
+                ]
+                req.big = False
+            except NerveError as e:
+                errors[req] = e
+        return errors
 
     def _rollback(self) -> None:
         try:
