@@ -10,6 +10,7 @@ the class's upcasters when read, so old history never needs rewriting.
 from __future__ import annotations
 
 import builtins
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
@@ -271,11 +272,49 @@ def _describe(e: BaseException) -> str:
 
 def _encode_json(type: str, what: str, value: Any) -> str:
     try:
-        return _dumps(value).decode()
+        out = _dumps(value)
     except (TypeError, orjson.JSONEncodeError) as e:
         raise EventEncodingError(
             f"event {type!r}: {what} is not JSON-serializable: {e}"
         ) from e
+    # orjson writes NaN and infinities as null: refuse them instead of storing
+    # another value (scanned only when the output holds a null at all).
+    if b"null" in out and _has_non_finite(value):
+        where = _non_finite(value, what)
+        if where is not None:
+            raise EventEncodingError(
+                f"event {type!r}: {where} is a NaN or infinite float, which JSON "
+                "cannot represent"
+            )
+    return out.decode()
+
+
+def _has_non_finite(value: Any) -> bool:
+    """Whether ``value`` holds a NaN or infinite float (fast: builds no paths)."""
+    if value.__class__ is float:
+        return not math.isfinite(value)
+    if isinstance(value, Mapping):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(v) for v in value)
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _non_finite(value: Any, path: str) -> str | None:
+    """The path of the first NaN or infinite float in ``value``, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, Mapping):
+        items: Any = ((f"{path}[{k!r}]", v) for k, v in value.items())
+    elif isinstance(value, list | tuple):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for p, v in items:
+        where = _non_finite(v, p)
+        if where is not None:
+            return where
+    return None
 
 
 def encode_meta(type: str, meta: Mapping[str, Any]) -> str | None:

@@ -155,3 +155,42 @@ class BlobIntegrityError(BlobError):
 
 class ArchiveError(NerveError):
     """The cold tier of the log (archive files) is missing or altered."""
+
+
+# --- configuration and the runtime ---------------------------------------------------
+
+
+class ConfigError(NerveError, ValueError):
+    """A workflow, sense, reflex or config file is malformed."""
+
+
+class UnknownWorkflowError(NerveError, LookupError):
+    """No workflow of that name is defined."""
+
+
+class KernelClosedError(NerveError):
+    """The kernel is shutting down or closed; it admits no new work."""
+
+
+class ActorError(NerveError):
+    """A problem with an actor."""
+
+
+class MailboxFull(ActorError):
+    """An actor's mailbox is full and its overflow policy is ``fail``."""
+
+
+class ActorStoppedError(ActorError):
+    """The actor has stopped; it takes no more messages."""
+
+
+class ActorFailed(ActorError):
+    """An actor kept failing past its restart limit; the failure escalates."""
+
+
+class AskTimeout(ActorError, TimeoutError):
+    """An actor did not answer an ``ask`` in time."""
+
+
+class StepMismatchError(NerveError):
+    """A resumed run called its steps in a different order than before."""

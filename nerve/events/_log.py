@@ -583,6 +583,28 @@ class Log:
             self._watching = False
             conn.close()
 
+    async def tail(
+        self, stream: str, n: int, *, types: Iterable[str] | None = None
+    ) -> list[RecordedEvent]:
+        """The last ``n`` events of a stream still in the hot table, oldest first.
+
+        Actors use it to recover recent state without folding a long stream.
+        """
+        wanted = tuple(types) if types is not None else None
+
+        def q(conn: apsw.Connection) -> list[RecordedEvent]:
+            sql = f"{_SELECT} WHERE stream = ?"
+            params: list[Any] = [stream]
+            if wanted is not None:
+                sql += f" AND type IN ({','.join('?' * len(wanted))})"
+                params.extend(wanted)
+            rows = conn.execute(
+                sql + " ORDER BY version DESC LIMIT ?", [*params, n]
+            ).fetchall()
+            return [self.decode_row(r) for r in reversed(rows)]
+
+        return await self._read(q)
+
     async def stream_version(self, stream: str) -> int:
         """The stream's current version (0 if it has no events)."""
 
@@ -705,14 +727,18 @@ class Log:
             The days archived by this call, oldest first.
 
         Safe to interrupt at any point: a re-run finishes the job without losing
-        or duplicating an event.
+        or duplicating an event. A day is only archived once the log has left
+        it (a later event, or the log's clock past its end): an archived day
+        never gets more events.
         """
         self._check_open()
         now_ms = int((time.time() if now is None else now) * 1000)
         cutoff = arch.day_bounds(now_ms - int(older_than.total_seconds() * 1000))[0]
+        # Events appended from here on are stamped at least this late.
+        clock_ms = int(self._writer.clock() * 1000)
         done: list[arch.ArchiveDay] = []
         while True:
-            found = await self._read(lambda c: _first_day(c, cutoff))
+            found = await self._read(lambda c: _first_day(c, cutoff, clock_ms))
             if found is None:
                 return done
             first, last, day = found
@@ -901,10 +927,16 @@ class EventReader:
         """
         log = self._log
         while True:
+            archive_done = False
             if self._archive is not None:
-                events, scanned = await trio.to_thread.run_sync(self._archive.page)
+                cursor = self._archive
+                events, scanned = await trio.to_thread.run_sync(cursor.page)
                 if scanned is None:
+                    # The archive is over: the hot table goes on from where
+                    # the cursor stopped (even when its last page was empty).
                     self._archive = None
+                    archive_done = True
+                    scanned = cursor._after
             else:
                 page = await log._read(self._page)
                 if isinstance(page, _ArchiveCursor):
@@ -920,7 +952,7 @@ class EventReader:
                 self._after = scanned
                 if report_scans:
                     return None
-            if self._archive is not None:
+            if self._archive is not None or archive_done:
                 continue
             if not self._follow:
                 return False
@@ -1060,8 +1092,10 @@ def _iter_rows(
         after = rows[-1][0]
 
 
-def _first_day(conn: apsw.Connection, cutoff: int) -> tuple[int, int, str] | None:
-    """The hot table's oldest UTC day if it ends before ``cutoff``."""
+def _first_day(
+    conn: apsw.Connection, cutoff: int, clock_ms: int
+) -> tuple[int, int, str] | None:
+    """The hot table's oldest UTC day if it ends before ``cutoff`` and is over."""
     row = conn.execute(
         "SELECT position, ts FROM logs ORDER BY position LIMIT 1"
     ).fetchall()
@@ -1074,7 +1108,21 @@ def _first_day(conn: apsw.Connection, cutoff: int) -> tuple[int, int, str] | Non
     last = conn.execute(
         "SELECT max(position) FROM logs WHERE position >= ? AND ts < ?", (first, end)
     ).fetchall()[0][0]
-    return first, last, arch.day_of(ts)
+    later = conn.execute(
+        "SELECT 1 FROM logs WHERE position > ? LIMIT 1", (last,)
+    ).fetchall()
+    if not later and clock_ms < end:
+        return None  # the log's clock is still in this day: more may come
+    day = arch.day_of(ts)
+    if conn.execute(
+        "SELECT 1 FROM meta WHERE key = ?", (arch.day_meta_key(day),)
+    ).fetchall():
+        # Exporting again would replace the archived file and lose its events.
+        raise ArchiveError(
+            f"day {day} is archived, yet positions {first}-{last} of that day are "
+            "in the hot table (appended with a clock behind the archive's)"
+        )
+    return first, last, day
 
 
 def _commit_day(conn: apsw.Connection, day: arch.ArchiveDay) -> bool:
@@ -1087,6 +1135,11 @@ def _commit_day(conn: apsw.Connection, day: arch.ArchiveDay) -> bool:
     ).fetchall()
     if not last:
         raise ArchiveError(f"position {day.last} vanished while archiving {day.day}")
+    after = conn.execute(
+        "SELECT ts FROM logs WHERE position > ? ORDER BY position LIMIT 1", (day.last,)
+    ).fetchall()
+    if after and after[0][0] < arch.day_bounds(last[0][1])[1]:
+        return False  # the day got more events after the export: not over yet
     fts_row = conn.execute("SELECT value FROM meta WHERE key='fts.position'").fetchall()
     fts_done = int(fts_row[0][0]) if fts_row else 0
     if fts_done:

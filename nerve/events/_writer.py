@@ -274,11 +274,13 @@ class LogWriter:
         self.head, self.last_hash, self.last_ts, self._versions = start_state
         outcomes = []
         for request in requests:
+            # The state before staging: a refused request must give its
+            # positions (and its place in the hash chain) back.
+            state = (self.head, self.last_hash, self.last_ts, dict(self._versions))
             one_outcomes, one_staged = self._stage_all([request])
             if not one_staged:
                 outcomes.extend(one_outcomes)
                 continue
-            state = (self.head, self.last_hash, self.last_ts, dict(self._versions))
             conn.execute("SAVEPOINT one")
             try:
                 self._insert(one_staged)

@@ -159,7 +159,14 @@ def open_projection_db(path: Path) -> apsw.Connection:
     Derived data may lose its last transactions on power loss; it catches up
     from the log, so it does not pay an fsync per commit.
     """
-    conn = open_connection(path, synchronous="NORMAL")
+    # With the application id, another application's database is refused
+    # before the switch to WAL, which would rewrite its header.
+    conn = open_connection(
+        path,
+        synchronous="NORMAL",
+        application_id=PROJECTION_APPLICATION_ID,
+        what="projection",
+    )
     try:
         migrate(
             conn,

@@ -167,8 +167,10 @@ def _rows(
     conn: apsw.Connection, table: str, keys: Sequence[str]
 ) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
     order = ", ".join(f'"{k}"' for k in keys)
+    # Not the cursor's description: apsw has none for a query that returned
+    # no rows (an empty table).
+    columns = [r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')]
     cursor = conn.execute(f'SELECT * FROM "{table}" ORDER BY {order}')
-    columns = [d[0] for d in cursor.getdescription()]
     return columns, (tuple(r) for r in cursor)
 
 

@@ -69,6 +69,10 @@ class ProjectionRunner:
         self._conn: apsw.Connection | None = None
         self._lock = trio.Lock()
         self._position = 0
+        # The checkpoint as this runner last stored (or read) it. Pages of
+        # events the projection does not handle move ``_position`` without a
+        # write, so the two differ; the guard in `_fold` compares this one.
+        self._stored = 0
         self._restart = False
         self._events = 0
         self._batches = 0
@@ -169,7 +173,7 @@ class ProjectionRunner:
             return False
         if not all(table_exists(conn, t) for t in self.projection.tables):
             return False
-        self._position = cp.position
+        self._position = self._stored = cp.position
         return True
 
     async def _follow(self) -> None:
@@ -189,7 +193,10 @@ class ProjectionRunner:
                     if events and not await trio.to_thread.run_sync(
                         self._fold, events, scanned
                     ):
-                        break  # re-read from the stored checkpoint
+                        # Re-read from the stored checkpoint; waiters must
+                        # look again at the position, which moved.
+                        self._progressed()
+                        break
                     self._position = scanned
                 self._progressed()
 
@@ -206,13 +213,14 @@ class ProjectionRunner:
             # Another process may have rebuilt the projection since we read
             # its checkpoint: folding on top would apply events twice.
             cp = read_checkpoint(conn, self.projection.name)
-            if cp is None or cp.position != self._position:
+            if cp is None or cp.position != self._stored:
                 conn.execute("ROLLBACK")
                 if cp is not None:
-                    self._position = cp.position
+                    self._position = self._stored = cp.position
                 return False
             self._events += fold(conn, self.projection, events, position)
             conn.execute("COMMIT")
+            self._stored = position
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -234,7 +242,7 @@ class ProjectionRunner:
                         self.log, {fresh: [self.projection]}, progress=progress
                     )
                     await trio.to_thread.run_sync(self._swap, fresh, done)
-                self._position = done
+                self._position = self._stored = done
                 self._restart = True
                 self._rebuilds += 1
                 self._progressed()

@@ -18,6 +18,7 @@ from typing import Any, Final
 import apsw
 import attrs
 import orjson
+from cattrs.preconf.orjson import make_converter
 
 from nerve.events import Log, RecordedEvent, RefusedByProjection
 from nerve.events._vocabulary import (
@@ -144,8 +145,16 @@ class WorkflowRuns(Projection):
         )
 
 
+# The codec's unstructuring (cattrs, orjson preset): an inline fold sees the
+# event's data as appended (a tuple, a dict with int keys, bytes...), a replay
+# sees it decoded from the stored JSON; both must give the same row.
+_converter = make_converter()
+
+
 def _dumps(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
+    if value is None:
+        return None
+    return orjson.dumps(_converter.unstructure(value)).decode()
 
 
 def _transition(row: list[Any] | None, run_id: str, e: RecordedEvent) -> list[Any]:

@@ -1,0 +1,390 @@
+"""The workflow actor: admission control for one workflow type.
+
+One actor per workflow type owns a nursery for its runs and enforces the
+seed's rules:
+
+- at most ``concurrency`` runs are ``started`` at a time;
+- ``overflow="drop"``: a trigger arriving while every slot is busy is
+  recorded ``dropped`` and never runs;
+- ``overflow="queue"``: it is ``queued`` (FIFO); when the queue already holds
+  ``max_queue`` runs, the **oldest** queued run is evicted (``dropped``) to
+  make room (with ``max_queue=0`` the new run is dropped).
+
+Queued runs are data (a deque), not parked tasks. Decisions are made in
+memory, one message at a time, and their events are submitted to the log in
+decision order without waiting for each fsync; the log writes them in that
+order, so the log (and ``workflow_runs``) never shows more than
+``concurrency`` runs started. A run's function starts only once its
+``started`` event is durable. A freed slot starts the next queued run at once.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from nerve.events import (
+    NO_STREAM,
+    EventEncodingError,
+    Log,
+    NerveError,
+    NewEvent,
+    PendingAppend,
+)
+from nerve.events._vocabulary import (
+    RunCompleted,
+    RunCrashed,
+    RunDropped,
+    RunFailed,
+    RunInterrupted,
+    RunQueued,
+    RunStarted,
+    StepJournaled,
+    ThreadMessage,
+    run_stream,
+)
+
+from ._actor import Actor
+from ._app import WorkflowSpec
+from ._run import Outcome, Run, RunHandle, closed_error
+
+# Seeded once from the OS: os.urandom per id costs ~100 µs on some VMs, and
+# ids need uniqueness (checked by the log: a run's stream must be new), not
+# secrecy.
+_ids = random.Random(secrets.token_bytes(32))
+
+
+def new_run_id() -> str:
+    """A fresh run id (64 random bits, hex)."""
+    return f"{_ids.getrandbits(64):016x}"
+
+
+@attrs.frozen
+class Trigger:
+    """Ask the workflow actor to admit a new run."""
+
+    run_id: str
+    payload: Any
+    trigger: str
+    handle: RunHandle
+
+
+@attrs.define(eq=False)
+class _Entry:
+    """A run waiting for a slot, or holding one."""
+
+    run_id: str
+    payload: Any
+    attempt: int
+    resumed: bool
+    pending: list[PendingAppend] = attrs.field(factory=list)
+    """Appends that must be durable before the run's function starts."""
+
+
+@attrs.frozen
+class WorkflowStatistics:
+    """A workflow actor's view of its runs.
+
+    Attributes:
+        name: the workflow.
+        running: runs holding a slot now.
+        queued: runs waiting in the queue now.
+        started, completed, failed, dropped, interrupted: counts since start.
+    """
+
+    name: str
+    running: int
+    queued: int
+    started: int
+    completed: int
+    failed: int
+    dropped: int
+    interrupted: int
+
+
+class WorkflowActor(Actor[Trigger]):
+    """Admits, queues, drops, runs and records the runs of one workflow."""
+
+    def __init__(self, spec: WorkflowSpec, log: Log) -> None:
+        super().__init__(f"workflow:{spec.name}", mailbox_size=10_000)
+        self.spec = spec
+        self.log = log
+        self.queue: deque[_Entry] = deque()
+        self.running: dict[str, trio.CancelScope] = {}
+        self.handles: dict[str, RunHandle] = {}
+        self.closing = False
+        self._runs: trio.Nursery | None = None
+        self._alive = 0
+        self._all_done = trio.Event()
+        self._all_done.set()
+        self._interrupt_reason = "shutdown"
+        self.counts = dict.fromkeys(
+            ("started", "completed", "failed", "dropped", "interrupted"), 0
+        )
+        self.on_transition: Callable[[str, str], None] | None = None
+        """Called with (run id, status) at every decision (tests observe it)."""
+
+    def statistics(self) -> WorkflowStatistics:  # type: ignore[override]
+        return WorkflowStatistics(
+            name=self.spec.name,
+            running=len(self.running),
+            queued=len(self.queue),
+            **self.counts,
+        )
+
+    # -- running -----------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with trio.open_nursery() as runs:
+            self._runs = runs
+            try:
+                await super().run(task_status=task_status)
+            except trio.Cancelled:
+                raise  # runs are shielded: the kernel drains them with a grace period
+            except BaseException:
+                # Escalation: this actor is done for; do not leave its runs
+                # holding the nursery open.
+                self.interrupt_all("the workflow actor failed")
+                raise
+
+    def recover(self, resume: Sequence[Any], queued: Sequence[Any]) -> None:
+        """Take up runs found in the log at start (before any trigger).
+
+        ``resume``: crashed runs to start again, ahead of the queue;
+        ``queued``: queued runs, in their original order.
+        """
+        for r in resume:
+            self.queue.append(_Entry(r.run_id, r.payload, r.attempt + 1, True))
+        for r in queued:
+            self.queue.append(_Entry(r.run_id, r.payload, max(r.attempt, 0) + 1, False))
+        limit = self.spec.max_queue
+        queued_entries = [e for e in self.queue if not e.resumed]
+        if self.spec.overflow == "queue" and len(queued_entries) > limit:
+            for e in queued_entries[: len(queued_entries) - limit]:
+                self.queue.remove(e)
+                self._drop(e.run_id, "evicted: more queued runs than max_queue")
+        self._admit_queued()
+
+    async def handle(self, message: Trigger) -> None:
+        self.admit(message)
+
+    def admit(self, t: Trigger) -> None:
+        """Decide a new trigger's fate (no awaits: decisions stay in order)."""
+        spec = self.spec
+        self.handles[t.run_id] = t.handle
+        stream = run_stream(t.run_id)
+        queued = NewEvent(
+            "workflow.run.queued", RunQueued(spec.name, t.payload, t.trigger)
+        )
+        if len(self.running) < spec.concurrency and not self.queue:
+            pending = self.log.submit(
+                stream,
+                [queued, NewEvent("workflow.run.started", RunStarted(1, False))],
+                expected_version=NO_STREAM,
+            )
+            self._start(_Entry(t.run_id, t.payload, 1, False, [pending]))
+        elif spec.overflow == "drop" or spec.max_queue == 0:
+            reason = (
+                f"overflow: all {spec.concurrency} slots busy"
+                if spec.overflow == "drop"
+                else "overflow: the queue holds at most 0 runs"
+            )
+            pending = self.log.submit(
+                stream,
+                [queued, NewEvent("workflow.run.dropped", RunDropped(reason))],
+                expected_version=NO_STREAM,
+            )
+            self._dropped(t.run_id, reason, pending)
+        else:
+            if len(self.queue) >= spec.max_queue:
+                self._evict_oldest()
+            pending = self.log.submit(stream, queued, expected_version=NO_STREAM)
+            self.queue.append(_Entry(t.run_id, t.payload, 1, False, [pending]))
+            self._transition(t.run_id, "queued")
+
+    def _evict_oldest(self) -> None:
+        for entry in self.queue:
+            if not entry.resumed:  # a crashed run waiting to resume is not queued
+                self.queue.remove(entry)
+                reason = f"evicted: the queue was full ({self.spec.max_queue} runs)"
+                self._drop(entry.run_id, reason)
+                return
+
+    def _drop(self, run_id: str, reason: str) -> None:
+        pending = self.log.submit(
+            run_stream(run_id), NewEvent("workflow.run.dropped", RunDropped(reason))
+        )
+        self._dropped(run_id, reason, pending)
+
+    def _dropped(self, run_id: str, reason: str, pending: PendingAppend) -> None:
+        self.counts["dropped"] += 1
+        self._transition(run_id, "dropped")
+        handle = self.handles.pop(run_id, None)
+        if handle is not None:
+            handle._resolve(
+                Outcome(run_id, self.spec.name, "dropped", error=reason), pending
+            )
+
+    def _admit_queued(self) -> None:
+        while (
+            self.queue
+            and len(self.running) < self.spec.concurrency
+            and not (self.closing)
+        ):
+            entry = self.queue.popleft()
+            entry.pending.append(
+                self.log.submit(
+                    run_stream(entry.run_id),
+                    NewEvent(
+                        "workflow.run.started", RunStarted(entry.attempt, entry.resumed)
+                    ),
+                )
+            )
+            self._start(entry)
+
+    def _transition(self, run_id: str, status: str) -> None:
+        if self.on_transition is not None:
+            self.on_transition(run_id, status)
+
+    def _start(self, entry: _Entry) -> None:
+        assert self._runs is not None
+        scope = trio.CancelScope(shield=True)
+        self.running[entry.run_id] = scope
+        self.counts["started"] += 1
+        self._transition(entry.run_id, "started")
+        self._alive += 1
+        self._all_done = trio.Event()
+        self._runs.start_soon(self._run, entry, scope, name=f"run {entry.run_id}")
+
+    async def _run(self, entry: _Entry, scope: trio.CancelScope) -> None:
+        spec = self.spec
+        outcome: tuple[str, Any] | None = None
+        handle = self.handles.get(entry.run_id)
+        try:
+            with scope:
+                try:
+                    for pending in entry.pending:
+                        await pending.wait()
+                except NerveError as e:
+                    outcome = ("unrecorded", e)
+                else:
+                    run = await self._make_run(entry)
+                    try:
+                        outcome = ("completed", await spec.fn(run))
+                    except Exception as e:
+                        outcome = ("failed", e)
+            await self._finish(entry.run_id, outcome, handle)
+        finally:
+            self._alive -= 1
+            if not self._alive:
+                self._all_done.set()
+
+    async def _make_run(self, entry: _Entry) -> Run:
+        messages: list[ThreadMessage] = []
+        journal: list[StepJournaled] = []
+        if entry.resumed:
+            async for e in self.log.read(
+                stream=run_stream(entry.run_id),
+                types=["workflow.message", "workflow.step"],
+            ):
+                if isinstance(e.data, ThreadMessage):
+                    messages.append(e.data)
+                else:
+                    journal.append(e.data)
+        return Run(
+            self.log,
+            entry.run_id,
+            self.spec.name,
+            entry.payload,
+            attempt=entry.attempt,
+            resumed=entry.resumed,
+            messages=messages,
+            journal=journal,
+        )
+
+    async def _finish(
+        self, run_id: str, outcome: tuple[str, Any] | None, handle: RunHandle | None
+    ) -> None:
+        """Record the outcome, free the slot, start the next queued run."""
+        name = self.spec.name
+        stream = run_stream(run_id)
+        pending: PendingAppend | None = None
+        result: Outcome | None = None
+        error: BaseException | None = None
+        if outcome is None:  # cancelled by the drain
+            reason = self._interrupt_reason
+            pending = self.log.submit(
+                stream, NewEvent("workflow.run.interrupted", RunInterrupted(reason))
+            )
+            result = Outcome(run_id, name, "interrupted", error=reason)
+            self.counts["interrupted"] += 1
+        elif outcome[0] == "unrecorded":
+            error = outcome[1]  # its queued/started append failed: nothing to record
+        elif outcome[0] == "completed":
+            try:
+                pending = self.log.submit(
+                    stream, NewEvent("workflow.run.completed", RunCompleted(outcome[1]))
+                )
+                result = Outcome(run_id, name, "completed", result=outcome[1])
+                self.counts["completed"] += 1
+            except EventEncodingError as e:
+                outcome = ("failed", e)
+        if outcome is not None and outcome[0] == "failed":
+            exc = outcome[1]
+            failed = RunFailed(exc.__class__.__name__, str(exc))
+            pending = self.log.submit(stream, NewEvent("workflow.run.failed", failed))
+            result = Outcome(
+                run_id, name, "failed", None, failed.error_type, failed.message
+            )
+            self.counts["failed"] += 1
+        del self.running[run_id]
+        if result is not None:
+            self._transition(run_id, result.status)
+        self._admit_queued()
+        self.handles.pop(run_id, None)
+        if handle is not None:
+            if error is not None:
+                handle._fail(error)
+            elif result is not None:
+                handle._resolve(result, pending)
+        if pending is not None:
+            with trio.CancelScope(shield=True):
+                try:
+                    await pending.wait()
+                except NerveError:
+                    pass  # the handle reports it
+
+    # -- shutdown -------------------------------------------------------------------
+
+    def interrupt_all(self, reason: str) -> None:
+        """Cancel every running run; each is recorded ``interrupted``."""
+        self._interrupt_reason = reason
+        for scope in self.running.values():
+            scope.cancel()
+
+    async def drain(self, grace: float, reason: str = "shutdown") -> None:
+        """Stop admitting; give running runs ``grace`` seconds, then interrupt.
+
+        Returns when every run task has ended and recorded its outcome.
+        Queued runs stay queued in the log and are admitted at the next start.
+        """
+        self.closing = True
+        with trio.move_on_after(grace):
+            await self._all_done.wait()
+        self.interrupt_all(reason)
+        await self._all_done.wait()
+        for run_id, handle in list(self.handles.items()):
+            handle._fail(closed_error(run_id))
+        self.handles.clear()
+
+
+def crashed_event(reason: str) -> NewEvent:
+    return NewEvent("workflow.run.crashed", RunCrashed(reason))

@@ -1,0 +1,290 @@
+"""The kernel: the log, the projections and every actor in one nursery.
+
+``async with nerve.open_kernel(app, data_dir) as kernel`` opens the log,
+brings ``workflow_runs`` up to date (inline) and each sense group's
+``_signals`` (async), recovers from the log alone — runs left ``started`` by
+a dead process become ``crashed`` and, if their workflow resumes, start again
+ahead of the queue; ``queued`` runs are re-admitted in their original order —
+then starts one actor per workflow type and one per sense group.
+
+Leaving the block (or being cancelled) stops admitting, gives running runs a
+grace period, then cancels the rest and records them ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import attrs
+import trio
+
+from nerve.actors import (
+    App,
+    Outcome,
+    RunHandle,
+    SenseGroupActor,
+    Trigger,
+    WorkflowActor,
+    WorkflowStatistics,
+    new_run_id,
+)
+from nerve.actors._actor import ActorStatistics
+from nerve.actors._workflow import crashed_event
+from nerve.events import (
+    KernelClosedError,
+    Log,
+    LogStatistics,
+    UnknownWorkflowError,
+    open_log,
+)
+from nerve.events._trio_util import single_error
+from nerve.events._vocabulary import (
+    CRASHED,
+    QUEUED,
+    STARTED,
+    TERMINAL_STATUSES,
+    RunQueued,
+    run_stream,
+)
+from nerve.projections import (
+    ProjectionRunner,
+    ProjectionStatistics,
+    RunQueries,
+    RunRecord,
+    SignalRecord,
+    Signals,
+    WorkflowRuns,
+    attach_inline,
+    read_signals,
+)
+from nerve.projections._inline import InlineProjection
+
+DEFAULT_GRACE = 10.0
+
+
+@attrs.frozen
+class KernelStatistics:
+    """A snapshot of the whole kernel."""
+
+    log: LogStatistics
+    workflows: tuple[WorkflowStatistics, ...]
+    senses: tuple[ActorStatistics, ...]
+    projections: tuple[ProjectionStatistics, ...]
+
+
+class Kernel:
+    """A running nerve: trigger workflows, query runs and signals.
+
+    Obtain one with `open_kernel`.
+    """
+
+    def __init__(self, app: App, log: Log, grace: float) -> None:
+        self.app = app
+        self.log = log
+        self.grace = grace
+        self.queries = RunQueries(log)
+        self.workflows: dict[str, WorkflowActor] = {}
+        self.senses: dict[str, SenseGroupActor] = {}
+        self.projections: dict[str, ProjectionRunner] = {}
+        self.closing = False
+        self._inline: InlineProjection | None = None
+
+    @property
+    def data_dir(self) -> os.PathLike[str]:
+        return self.log.data_dir
+
+    # -- workflows ---------------------------------------------------------------
+
+    async def trigger(
+        self,
+        workflow: str,
+        payload: Any = None,
+        *,
+        run_id: str | None = None,
+        trigger: str = "api",
+    ) -> RunHandle:
+        """Start (or queue, or drop) a run of ``workflow``.
+
+        Returns once the workflow's actor has decided: the run is started,
+        queued or dropped (its events follow in that order). ``await
+        handle.wait()`` gives the outcome.
+
+        Raises:
+            UnknownWorkflowError: no such workflow.
+            EventEncodingError: the payload is not JSON-serializable.
+            KernelClosedError: the kernel is shutting down.
+        """
+        if self.closing:
+            raise KernelClosedError(
+                f"the kernel is shutting down; {workflow!r} was not triggered"
+            )
+        actor = self.workflows.get(workflow)
+        if actor is None:
+            known = ", ".join(sorted(self.workflows)) or "none"
+            raise UnknownWorkflowError(
+                f"no workflow named {workflow!r} (defined: {known})"
+            )
+        # Encode here, so a bad payload fails its caller, not the actor.
+        self.log.registry.encode("workflow.run.queued", RunQueued(workflow, payload))
+        handle = RunHandle(run_id or new_run_id(), workflow)
+        await actor.tell(Trigger(handle.run_id, payload, trigger, handle))
+        return handle
+
+    async def handle(self, run_id: str) -> RunHandle:
+        """A handle on an existing run (in flight, or ended: then resolved)."""
+        for actor in self.workflows.values():
+            live = actor.handles.get(run_id)
+            if live is not None:
+                return live
+        record = await self.queries.get(run_id)
+        if record is None:
+            raise LookupError(f"no run {run_id!r}")
+        handle = RunHandle(run_id, record.workflow)
+        if record.status in TERMINAL_STATUSES or record.workflow not in self.workflows:
+            handle._resolve(_outcome(record))
+        else:
+            self.workflows[record.workflow].handles.setdefault(run_id, handle)
+            handle = self.workflows[record.workflow].handles[run_id]
+        return handle
+
+    async def runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> list[RunRecord]:
+        """Rows of ``workflow_runs``, oldest first."""
+        return await self.queries.list(workflow=workflow, status=status, limit=limit)
+
+    async def run(self, run_id: str) -> RunRecord | None:
+        """One row of ``workflow_runs``."""
+        return await self.queries.get(run_id)
+
+    # -- senses --------------------------------------------------------------------
+
+    async def signals(
+        self, group: str, sense: str | None = None, n: int = 10
+    ) -> list[SignalRecord]:
+        """The newest signals of a sense group (from its ``_signals`` table)."""
+        runner = self.projections.get(group)
+        if runner is None:
+            known = ", ".join(self.senses) or "none"
+            raise LookupError(f"no sense group {group!r} (defined: {known})")
+        return await runner.query(lambda conn: read_signals(conn, sense, n))
+
+    # -- state -----------------------------------------------------------------------
+
+    def statistics(self) -> KernelStatistics:
+        return KernelStatistics(
+            log=self.log.statistics(),
+            workflows=tuple(a.statistics() for a in self.workflows.values()),
+            senses=tuple(a.statistics() for a in self.senses.values()),
+            projections=tuple(p.statistics() for p in self.projections.values()),
+        )
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        """Crash recovery from the log alone (see the module docstring)."""
+        left = await self.queries.list(status=[STARTED, CRASHED])
+        marks = [
+            self.log.submit(
+                run_stream(r.run_id),
+                crashed_event("the process running it stopped before it ended"),
+            )
+            for r in left
+            if r.status == STARTED
+        ]
+        for pending in marks:
+            await pending.wait()
+        queued = await self.queries.list(status=QUEUED)
+        for name, actor in self.workflows.items():
+            resume = (
+                [r for r in left if r.workflow == name] if actor.spec.resume else []
+            )
+            actor.recover(resume, [r for r in queued if r.workflow == name])
+
+    async def _shutdown(self) -> None:
+        self.closing = True
+        for senses in self.senses.values():
+            senses.stop()
+        async with trio.open_nursery() as nursery:
+            for actor in self.workflows.values():
+                nursery.start_soon(actor.drain, self.grace)
+        for actor in self.workflows.values():
+            actor.stop()
+
+
+def _outcome(record: RunRecord) -> Outcome:
+    return Outcome(
+        record.run_id,
+        record.workflow,
+        record.status,
+        record.result,
+        record.error_type,
+        record.error,
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_kernel(
+    app: App,
+    data_dir: str | os.PathLike[str] = "data",
+    *,
+    grace: float = DEFAULT_GRACE,
+    **log_options: Any,
+) -> AsyncIterator[Kernel]:
+    """Run ``app``'s workflows and senses on the log in ``data_dir``.
+
+    Args:
+        app: the workflows, senses and reflexes.
+        data_dir: the data directory (created if missing).
+        grace: seconds running runs get to finish at shutdown before they
+            are cancelled and recorded ``interrupted``.
+        log_options: passed to `open_log` (``fts``, ``clock``...).
+
+    Raises:
+        ConfigError: the app's definitions do not fit together.
+        ActorFailed: an actor failed past its restart limit (the kernel shut
+            down cleanly first).
+    """
+    app.validate()
+    log_options.setdefault("source", "kernel")
+    async with open_log(data_dir, **log_options) as log:
+        kernel = Kernel(app, log, grace)
+        kernel._inline = await attach_inline(log, WorkflowRuns())
+        with single_error():
+            async with trio.open_nursery() as nursery:
+                try:
+                    for group, specs in app.senses.items():
+                        keep = [s.keep_last for s in specs.values()]
+                        keep_last = None if None in keep else max(k or 0 for k in keep)
+                        runner = ProjectionRunner(
+                            log, Signals(group, keep_last=keep_last)
+                        )
+                        await nursery.start(runner.run)
+                        kernel.projections[group] = runner
+                    for spec in app.workflows.values():
+                        actor = WorkflowActor(spec, log)
+                        await nursery.start(actor.run)
+                        kernel.workflows[spec.name] = actor
+                    await kernel._recover()
+                    for group, specs in app.senses.items():
+                        senses = SenseGroupActor(
+                            group,
+                            list(specs.values()),
+                            log,
+                            app.reflexes,
+                            lambda w, p, t: kernel.trigger(w, p, trigger=t),
+                        )
+                        await nursery.start(senses.run)
+                        kernel.senses[group] = senses
+                    yield kernel
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await kernel._shutdown()
+                    nursery.cancel_scope.cancel()
