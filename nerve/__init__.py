@@ -56,5 +56,6 @@ from .events import event as event
 from .events import open_log as open_log
 from .kernel import Kernel as Kernel
 from .kernel import open_kernel as open_kernel
+from .kernel import request_trigger as request_trigger
 
 __version__ = "0.1.0.dev0"

@@ -37,6 +37,7 @@ from nerve.events import (
     KernelClosedError,
     Log,
     LogStatistics,
+    NewEvent,
     UnknownWorkflowError,
     open_log,
 )
@@ -46,7 +47,9 @@ from nerve.events._vocabulary import (
     QUEUED,
     STARTED,
     TERMINAL_STATUSES,
+    TRIGGERS_STREAM,
     RunQueued,
+    TriggerRequested,
     run_stream,
 )
 from nerve.projections import (
@@ -63,6 +66,7 @@ from nerve.projections import (
 from nerve.projections._inline import InlineProjection
 
 DEFAULT_GRACE = 10.0
+_REQUESTS = "kernel.trigger-requests"
 
 
 @attrs.frozen
@@ -208,6 +212,52 @@ class Kernel:
             )
             actor.recover(resume, [r for r in queued if r.workflow == name])
 
+    async def _follow_requests(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Admit the trigger requests other processes append (`request_trigger`).
+
+        The position handled last is checkpointed in ``logs.db``, so a request
+        made while no kernel ran is admitted at the next start, and each is
+        admitted once (a run id that already exists is skipped).
+        """
+        log = self.log
+
+        def checkpoint(conn: Any) -> int:
+            rows = conn.execute(
+                "SELECT position FROM projections WHERE name = ?", (_REQUESTS,)
+            ).fetchall()
+            return int(rows[0][0]) if rows else 0
+
+        reader = log.subscribe(
+            after=await log._read(checkpoint), types=["workflow.trigger.requested"]
+        )
+        task_status.started()
+        while (got := await reader.next_page()) is not None:
+            events, scanned = got
+            if not events:
+                continue
+            for e in events:
+                request: TriggerRequested = e.data
+                if request.workflow not in self.workflows:
+                    continue  # `request_trigger` refuses unknown names up front
+                if await self.queries.get(request.run_id) is not None:
+                    continue
+                await self.trigger(
+                    request.workflow,
+                    request.payload,
+                    run_id=request.run_id,
+                    trigger="request",
+                )
+
+            def save(conn: Any, position: int = scanned) -> None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO projections VALUES (?, 1, ?)",
+                    (_REQUESTS, position),
+                )
+
+            await log.write_job(save)
+
     async def _shutdown(self) -> None:
         self.closing = True
         for senses in self.senses.values():
@@ -217,6 +267,33 @@ class Kernel:
                 nursery.start_soon(actor.drain, self.grace)
         for actor in self.workflows.values():
             actor.stop()
+
+
+async def request_trigger(
+    log: Log,
+    workflow: str,
+    payload: Any = None,
+    *,
+    run_id: str | None = None,
+) -> str:
+    """Ask a kernel, possibly running in another process, to trigger a run.
+
+    Appends a ``workflow.trigger.requested`` event; the kernel following the
+    log admits it (or the next kernel to start, if none runs now).
+
+    Returns:
+        The run's id (``run_id`` or a new one), to follow it in
+        ``workflow_runs``.
+    """
+    run_id = run_id or new_run_id()
+    await log.append(
+        TRIGGERS_STREAM,
+        NewEvent(
+            "workflow.trigger.requested", TriggerRequested(workflow, run_id, payload)
+        ),
+        idempotency_key=f"trigger-request:{run_id}",
+    )
+    return run_id
 
 
 def _outcome(record: RunRecord) -> Outcome:
@@ -273,6 +350,7 @@ async def open_kernel(
                         await nursery.start(actor.run)
                         kernel.workflows[spec.name] = actor
                     await kernel._recover()
+                    await nursery.start(kernel._follow_requests)
                     for group, specs in app.senses.items():
                         senses = SenseGroupActor(
                             group,

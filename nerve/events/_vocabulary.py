@@ -133,6 +133,19 @@ class StepJournaled:
 
 
 @attrs.frozen
+class TriggerRequested:
+    """Another process (the CLI, a script) asks the running kernel for a run."""
+
+    workflow: str
+    run_id: str
+    payload: Any = None
+
+
+TRIGGERS_STREAM: Final = "triggers"
+"""Where trigger requests from other processes are appended."""
+
+
+@attrs.frozen
 class SenseSignal:
     """A sense computed a value."""
 
@@ -161,6 +174,7 @@ VOCABULARY: Final[dict[str, type[Any]]] = {
     "workflow.run.dropped": RunDropped,
     "workflow.message": ThreadMessage,
     "workflow.step": StepJournaled,
+    "workflow.trigger.requested": TriggerRequested,
     "sense.signal": SenseSignal,
     "sense.error": SenseError,
 }

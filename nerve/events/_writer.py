@@ -15,7 +15,7 @@ no high-water mark.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -163,21 +163,41 @@ class LogWriter:
 
     def stream_version(self, stream: str) -> int:
         v = self._versions.get(stream)
-        if v is not None:
-            return v
-        row = self.conn.execute(
-            "SELECT max(version) FROM logs WHERE stream=?", (stream,)
-        ).fetchall()
-        v = row[0][0]
         if v is None:
-            row = self.conn.execute(
-                "SELECT version FROM archived_streams WHERE stream=?", (stream,)
-            ).fetchall()
-            v = row[0][0] if row else 0
-        if len(self._versions) >= _MAX_CACHED_STREAMS:
-            self._versions.clear()
-        self._versions[stream] = v
+            self.prefetch_versions([stream])
+            v = self._versions[stream]
         return v
+
+    def prefetch_versions(self, streams: Iterable[str]) -> None:
+        """Load the versions of streams not cached, in one query per 500.
+
+        A batch of appends to new streams (every workflow run is one) would
+        otherwise cost a query per append.
+        """
+        missing = list({s for s in streams if s not in self._versions})
+        if len(self._versions) + len(missing) > _MAX_CACHED_STREAMS:
+            self._versions.clear()
+        for i in range(0, len(missing), 500):
+            chunk = missing[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            found = dict(
+                self.conn.execute(
+                    f"SELECT stream, max(version) FROM logs WHERE stream IN ({marks}) "
+                    "GROUP BY stream",
+                    chunk,
+                ).fetchall()
+            )
+            absent = [s for s in chunk if s not in found]
+            if absent:
+                found.update(
+                    self.conn.execute(
+                        "SELECT stream, version FROM archived_streams WHERE stream IN "
+                        f"({','.join('?' * len(absent))})",
+                        absent,
+                    ).fetchall()
+                )
+            for stream in chunk:
+                self._versions[stream] = found.get(stream, 0)
 
     # -- the batch ----------------------------------------------------------------
 
@@ -305,6 +325,8 @@ class LogWriter:
         staged: list[_Staged] = []
         keys: dict[str, AppendResult] = {}
         now = max(int(self.clock() * 1000), self.last_ts)
+        if len(requests) > 1:
+            self.prefetch_versions(r.stream for r in requests)
         for req in requests:
             try:
                 outcomes.append(self._stage(req, keys, now, staged))

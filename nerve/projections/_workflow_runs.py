@@ -123,7 +123,7 @@ class WorkflowRuns(Projection):
         )
 
     def apply(self, conn: apsw.Connection, events: Sequence[RecordedEvent]) -> None:
-        rows: dict[str, list[Any]] = {}
+        run_ids = []
         for e in events:
             run_id = run_id_of(e.stream)
             if run_id is None:
@@ -131,18 +131,30 @@ class WorkflowRuns(Projection):
                     f"{e.type} at position {e.position}: lifecycle events belong in "
                     f"a run stream ('run-<id>'), not {e.stream!r}"
                 )
-            row = rows.get(run_id)
-            if row is None:
-                found = conn.execute(
-                    f"SELECT {_COLUMNS} FROM workflow_runs WHERE run_id = ?", (run_id,)
-                ).fetchall()
-                row = list(found[0]) if found else None
-            rows[run_id] = _transition(row, run_id, e)
+            run_ids.append(run_id)
+        rows = _load(conn, run_ids)
+        for run_id, e in zip(run_ids, events, strict=True):
+            rows[run_id] = _transition(rows.get(run_id), run_id, e)
         conn.executemany(
             f"INSERT OR REPLACE INTO workflow_runs ({_COLUMNS}) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             rows.values(),
         )
+
+
+def _load(conn: apsw.Connection, run_ids: Sequence[str]) -> dict[str, Any]:
+    """The current rows of these runs, one query per 500 (not one per event)."""
+    unique = list(dict.fromkeys(run_ids))
+    rows: dict[str, Any] = {}
+    for i in range(0, len(unique), 500):
+        chunk = unique[i : i + 500]
+        for row in conn.execute(
+            f"SELECT {_COLUMNS} FROM workflow_runs WHERE run_id IN "
+            f"({','.join('?' * len(chunk))})",
+            chunk,
+        ):
+            rows[row[0]] = list(row)
+    return rows
 
 
 # The codec's unstructuring (cattrs, orjson preset): an inline fold sees the
