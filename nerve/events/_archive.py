@@ -192,17 +192,19 @@ def open_day(data_dir: Path, day: ArchiveDay) -> IO[bytes]:
 
 
 def iter_day(data_dir: Path, day: ArchiveDay, *, verify: bool = True) -> Iterator[Row]:
-    """Yield a day's rows; at the end, check the file against its checksum."""
-    digest = hashlib.sha256()
-    with open_day(data_dir, day) as f:
-        for line in f:
-            digest.update(line)
-            yield decode_line(line)
-    if verify and digest.hexdigest() != day.sha256:
+    """Yield a day's rows, after checking the file against its checksum.
+
+    The whole file is checked before the first row is handed out: a reader
+    must never receive rows of an altered day, even from its first pages.
+    """
+    if verify and file_checksum(data_dir, day) != day.sha256:
         raise ArchiveError(
             f"archive file {day_path(data_dir, day.day)} does not match its checksum; "
             "it was altered after archiving"
         )
+    with open_day(data_dir, day) as f:
+        for line in f:
+            yield decode_line(line)
 
 
 def file_checksum(data_dir: Path, day: ArchiveDay) -> str:

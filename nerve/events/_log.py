@@ -66,9 +66,9 @@ class SearchHit:
 def _resolve(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     """(data dir, logs.db path) for a data directory or a ``.db`` file path."""
     p = Path(path)
-    if p.is_dir() or (not p.exists() and p.suffix != ".db"):
-        return p, p / LOG_FILE
-    return p.parent, p
+    if p.suffix == ".db" or p.is_file():
+        return p.parent, p  # a directory named *.db is refused when opened
+    return p, p / LOG_FILE
 
 
 def _make_data_dir(data_dir: Path) -> None:
@@ -482,6 +482,7 @@ class Log:
             self._release(conn)
 
     async def _read(self, fn: Callable[[apsw.Connection], T]) -> T:
+        self._check_open()
         return await trio.to_thread.run_sync(self._read_sync, fn)
 
     def decode_row(self, row: Sequence[Any]) -> RecordedEvent:
