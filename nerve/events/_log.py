@@ -30,7 +30,7 @@ from ._errors import (
     SearchQueryError,
 )
 from ._schema import LOG_APPLICATION_ID, MIGRATIONS
-from ._sqlite import mapped_errors, migrate, open_connection
+from ._sqlite import create_private_file, mapped_errors, migrate, open_connection
 from ._trio_util import single_error
 from ._types import (
     EMPTY_META,
@@ -342,7 +342,7 @@ class Log:
             check_type_name(ev.type)
             payload, type_version, data = self.registry.encode(ev.type, ev.data)
             meta = encode_meta(ev.type, ev.meta)
-            big = big or len(payload) > self.blob_threshold
+            big = big or _too_big(payload, self.blob_threshold)
             encoded.append(
                 EncodedEvent(ev.type, type_version, payload, None, meta, data, ev.meta)
             )
@@ -682,6 +682,9 @@ class Log:
         conn = self._acquire()
         try:
             with mapped_errors(self.path):
+                # One snapshot: an archive committing meanwhile would otherwise
+                # look like a gap between the archive and the hot table.
+                conn.execute("BEGIN")
                 days = arch.list_days(conn)
                 prev = GENESIS
                 expected = 1
@@ -712,6 +715,9 @@ class Log:
         except ArchiveError:
             return expected
         finally:
+            with contextlib.suppress(apsw.Error):  # the error is already raised
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
             self._release(conn)
 
     # -- archive ------------------------------------------------------------------
@@ -733,7 +739,7 @@ class Log:
         never gets more events.
         """
         self._check_open()
-        now_ms = int((time.time() if now is None else now) * 1000)
+        now_ms = int((self._writer.clock() if now is None else now) * 1000)
         cutoff = arch.day_bounds(now_ms - int(older_than.total_seconds() * 1000))[0]
         # Events appended from here on are stamped at least this late.
         clock_ms = int(self._writer.clock() * 1000)
@@ -782,6 +788,7 @@ class Log:
             src = self._acquire()
             try:
                 with mapped_errors(target):
+                    create_private_file(target)
                     out = apsw.Connection(str(target))
                     try:
                         with out.backup("main", src, "main") as b:
@@ -1036,6 +1043,14 @@ class _ArchiveCursor:
         return events, self._after
 
 
+def _too_big(payload: str, threshold: int) -> bool:
+    """Whether the payload's UTF-8 exceeds ``threshold`` bytes (cheaply: a str
+    has at most 4 bytes per character, and at least 1)."""
+    if len(payload) > threshold:
+        return True
+    return len(payload) * 4 > threshold and len(payload.encode()) > threshold
+
+
 def _valid_expected(expected: object) -> bool:
     if expected is None or isinstance(expected, ExpectedVersion):
         return True
@@ -1065,7 +1080,7 @@ def _catch_up_fts(conn: apsw.Connection, head: int) -> None:
     try:
         conn.execute(
             "INSERT INTO logs_fts (rowid, type, stream, payload) "
-            "SELECT position, type, stream, payload FROM logs WHERE position > ?",
+            "SELECT position, type, stream, payload FROM logs_text WHERE position > ?",
             (done,),
         )
         conn.execute(
@@ -1139,14 +1154,15 @@ def _commit_day(conn: apsw.Connection, day: arch.ArchiveDay) -> bool:
     after = conn.execute(
         "SELECT ts FROM logs WHERE position > ? ORDER BY position LIMIT 1", (day.last,)
     ).fetchall()
-    if after and after[0][0] < arch.day_bounds(last[0][1])[1]:
+    day_end = arch.day_bounds(last[0][1])[1]
+    if after and after[0][0] < day_end:
         return False  # the day got more events after the export: not over yet
     fts_row = conn.execute("SELECT value FROM meta WHERE key='fts.position'").fetchall()
     fts_done = int(fts_row[0][0]) if fts_row else 0
     if fts_done:
         conn.execute(
             "INSERT INTO logs_fts (logs_fts, rowid, type, stream, payload) "
-            "SELECT 'delete', position, type, stream, payload FROM logs "
+            "SELECT 'delete', position, type, stream, payload FROM logs_text "
             "WHERE position BETWEEN ? AND ?",
             (day.first, min(day.last, fts_done)),
         )
@@ -1165,7 +1181,10 @@ def _commit_day(conn: apsw.Connection, day: arch.ArchiveDay) -> bool:
         [
             ("archive.position", str(day.last)),
             ("archive.hash", bytes(last[0][0]).hex()),
-            ("archive.ts", str(last[0][1])),
+            # The end of the day, not the last event's ts: when the hot table
+            # is empty the writer stamps new events no earlier than this, so
+            # none lands in an archived day even if the clock is behind.
+            ("archive.ts", str(day_end)),
             (arch.day_meta_key(day.day), day.to_json()),
         ],
     )

@@ -64,11 +64,21 @@ MIGRATIONS: Final = (
             position INTEGER NOT NULL
         ) WITHOUT ROWID;
 
-        -- External-content FTS5: the text lives once, in logs. It is filled by
-        -- one INSERT ... SELECT per write batch, not by a per-row trigger.
+        -- What full-text search sees of an event: its type, its stream and
+        -- the values in its payload (decoded: "a\\nb" is two words, and JSON
+        -- keys and punctuation are not indexed).
+        CREATE VIEW logs_text AS
+            SELECT position, type, stream,
+                   (SELECT group_concat(value, ' ') FROM json_tree(logs.payload)
+                     WHERE json_tree.type IN ('text', 'integer', 'real')) AS payload
+              FROM logs;
+
+        -- External-content FTS5 over that view: the text lives once, in logs.
+        -- It is filled by one INSERT ... SELECT per write batch, not by a
+        -- per-row trigger.
         CREATE VIRTUAL TABLE logs_fts USING fts5(
             type, stream, payload,
-            content='logs', content_rowid='position',
+            content='logs_text', content_rowid='position',
             tokenize='unicode61 remove_diacritics 2'
         );
         """,

@@ -121,7 +121,7 @@ class LogStatistics:
         pending: append requests waiting for the writer right now.
         mean_batch_size: appends per write transaction.
         max_batch_size: the largest batch so far.
-        subscribers: live subscriptions.
+        subscribers: subscriptions waiting for new events right now.
     """
 
     head: int

@@ -257,7 +257,8 @@ class LogWriter:
                     attrs.evolve(
                         ev, payload=None, blob=self.blobs.put_sync(ev.payload.encode())
                     )
-                    if ev.payload is not None and len(ev.payload) > self.blob_threshold
+                    if ev.payload is not None
+                    and len(ev.payload.encode()) > self.blob_threshold
                     else ev
                     for ev in req.events
                 ]
@@ -441,7 +442,7 @@ class LogWriter:
         if self.fts:
             conn.execute(
                 "INSERT INTO logs_fts (rowid, type, stream, payload) "
-                "SELECT position, type, stream, payload FROM logs "
+                "SELECT position, type, stream, payload FROM logs_text "
                 "WHERE position BETWEEN ? AND ?",
                 (first, last),
             )
