@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import builtins
 import math
+import types
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
@@ -41,6 +43,9 @@ class EventClass:
     cls: builtins.type[Any]
     version: int
     upcasters: Mapping[int, Upcaster]
+    flat: bool = False
+    """Every field holds plain JSON values: a stored payload (validated when it
+    was appended) can be passed to the class as keywords, skipping cattrs."""
 
 
 class EventRegistry:
@@ -131,7 +136,7 @@ class EventRegistry:
                 f"{cls.__qualname__} is already registered as "
                 f"{self._by_cls[cls].type!r}"
             )
-        entry = EventClass(type, cls, version, ups)
+        entry = EventClass(type, cls, version, ups, _is_flat(cls))
         self._by_type[type] = entry
         self._by_cls[cls] = entry
         return cls
@@ -238,6 +243,11 @@ class EventRegistry:
         """Turn a payload dict of ``type_version`` into ``entry``'s class."""
         if type_version != entry.version:
             raw = self.upcast(entry, type_version, raw)
+        if entry.flat and raw.__class__ is dict:
+            try:
+                return entry.cls(**raw)
+            except TypeError:
+                pass  # an unknown or missing key: let cattrs say what is wrong
         try:
             return self.converter.structure(raw, entry.cls)
         except Exception as e:
@@ -262,6 +272,35 @@ class EventRegistry:
                     f"{_describe(e)}"
                 ) from e
         return raw
+
+
+_JSON_SCALARS: frozenset[Any] = frozenset({Any, str, int, float, bool, type(None)})
+
+
+def _is_json_type(tp: Any) -> bool:
+    """Whether values of ``tp`` come back from JSON as they went in."""
+    if tp in _JSON_SCALARS:
+        return True
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return all(_is_json_type(a) for a in args)
+    if origin is list:
+        return all(_is_json_type(a) for a in args)
+    if origin is dict:
+        return len(args) == 2 and args[0] is str and _is_json_type(args[1])
+    return False
+
+
+def _is_flat(cls: builtins.type[Any]) -> bool:
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:
+        return False  # unresolvable annotations: always go through cattrs
+    return all(
+        f.init and f.alias == f.name and _is_json_type(hints.get(f.name, object))
+        for f in attrs.fields(cls)
+    )
 
 
 def _describe(e: BaseException) -> str:
