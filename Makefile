@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/hello_log.py
+	$(PY) examples/hello_workflow.py data
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

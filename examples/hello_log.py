@@ -41,7 +41,8 @@ async def main(data_dir: str) -> None:
         print("the last events:")
         async for event in log.read(after=start):
             print(
-                f"  {event.position:>4}  {event.stream:<16} {event.type:<14} {event.data}"
+                f"  {event.position:>4}  {event.stream:<16} {event.type:<14}",
+                event.data,
             )
 
         print("\nsearch 'espresso':")

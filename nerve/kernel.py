@@ -131,9 +131,15 @@ class Kernel:
             raise UnknownWorkflowError(
                 f"no workflow named {workflow!r} (defined: {known})"
             )
-        # Encode here, so a bad payload fails its caller, not the actor.
-        self.log.registry.encode("workflow.run.queued", RunQueued(workflow, payload))
         handle = RunHandle(run_id or new_run_id(), workflow)
+        # Encode here, and check the run's stream name, so a bad payload or
+        # run id fails its caller, not the actor.
+        self.log._prepare(
+            run_stream(handle.run_id),
+            NewEvent("workflow.run.queued", RunQueued(workflow, payload)),
+            None,
+            None,
+        )
         await actor.tell(Trigger(handle.run_id, payload, trigger, handle))
         return handle
 
@@ -146,8 +152,13 @@ class Kernel:
         record = await self.queries.get(run_id)
         if record is None:
             raise LookupError(f"no run {run_id!r}")
+        actor = self.workflows.get(record.workflow)
+        if actor is not None and run_id in actor.handles:
+            return actor.handles[run_id]  # admitted while the record was read
         handle = RunHandle(run_id, record.workflow)
-        if record.status in TERMINAL_STATUSES or record.workflow not in self.workflows:
+        # Not live: ended, or crashed and not resumed (resumed runs have a
+        # handle from recovery on).
+        if record.status in TERMINAL_STATUSES or record.status == CRASHED or not actor:
             handle._resolve(_outcome(record))
         else:
             self.workflows[record.workflow].handles.setdefault(run_id, handle)
@@ -243,6 +254,11 @@ class Kernel:
                     continue  # `request_trigger` refuses unknown names up front
                 if await self.queries.get(request.run_id) is not None:
                     continue
+                if self.closing:
+                    # Draining: `trigger` would refuse it. Leave the checkpoint
+                    # before it so the next kernel admits it (the requests of
+                    # this page admitted already are skipped then: they exist).
+                    return
                 await self.trigger(
                     request.workflow,
                     request.payload,

@@ -36,6 +36,7 @@ from nerve.events import (
     NerveError,
     NewEvent,
     PendingAppend,
+    WrongExpectedVersion,
 )
 from nerve.events._vocabulary import (
     RunCompleted,
@@ -124,6 +125,8 @@ class WorkflowActor(Actor[Trigger]):
         self._all_done = trio.Event()
         self._all_done.set()
         self._interrupt_reason = "shutdown"
+        self._resuming = 0
+        """Crashed runs waiting in ``queue`` to resume (always at its front)."""
         self.counts = dict.fromkeys(
             ("started", "completed", "failed", "dropped", "interrupted"), 0
         )
@@ -163,8 +166,13 @@ class WorkflowActor(Actor[Trigger]):
         """
         for r in resume:
             self.queue.append(_Entry(r.run_id, r.payload, r.attempt + 1, True))
+        self._resuming += len(resume)
         for r in queued:
             self.queue.append(_Entry(r.run_id, r.payload, max(r.attempt, 0) + 1, False))
+        # Handles for them now, so `Kernel.handle` finds a live one at once
+        # instead of racing the run's end with a read of its record.
+        for e in self.queue:
+            self.handles.setdefault(e.run_id, RunHandle(e.run_id, self.spec.name))
         limit = self.spec.max_queue
         queued_entries = [e for e in self.queue if not e.resumed]
         if self.spec.overflow == "queue" and len(queued_entries) > limit:
@@ -174,17 +182,35 @@ class WorkflowActor(Actor[Trigger]):
         self._admit_queued()
 
     async def handle(self, message: Trigger) -> None:
-        self.admit(message)
+        try:
+            self.admit(message)
+        except Exception as e:
+            # Its caller waits on the handle: tell it (the actor restarts).
+            if self.handles.get(message.run_id) is message.handle:
+                del self.handles[message.run_id]
+            message.handle._fail(e)
+            raise
 
     def admit(self, t: Trigger) -> None:
         """Decide a new trigger's fate (no awaits: decisions stay in order)."""
         spec = self.spec
+        if t.run_id in self.handles or t.run_id in self.running:
+            # A run of this id is live: a second one would share its slot
+            # and handle. (One that ended is refused by the log: NO_STREAM.)
+            t.handle._fail(
+                WrongExpectedVersion(run_stream(t.run_id), NO_STREAM, 1)
+            )
+            return
         self.handles[t.run_id] = t.handle
         stream = run_stream(t.run_id)
         queued = NewEvent(
             "workflow.run.queued", RunQueued(spec.name, t.payload, t.trigger)
         )
-        if len(self.running) < spec.concurrency and not self.queue:
+        if (
+            len(self.running) < spec.concurrency
+            and not self.queue
+            and not self.closing  # a trigger still in the mailbox at shutdown
+        ):
             pending = self.log.submit(
                 stream,
                 [queued, NewEvent("workflow.run.started", RunStarted(1, False))],
@@ -193,7 +219,9 @@ class WorkflowActor(Actor[Trigger]):
             self._start(_Entry(t.run_id, t.payload, 1, False, [pending]))
         elif spec.overflow == "drop" or spec.max_queue == 0:
             reason = (
-                f"overflow: all {spec.concurrency} slots busy"
+                "the kernel is shutting down"
+                if self.closing
+                else f"overflow: all {spec.concurrency} slots busy"
                 if spec.overflow == "drop"
                 else "overflow: the queue holds at most 0 runs"
             )
@@ -204,11 +232,14 @@ class WorkflowActor(Actor[Trigger]):
             )
             self._dropped(t.run_id, reason, pending)
         else:
-            if len(self.queue) >= spec.max_queue:
+            if len(self.queue) - self._resuming >= spec.max_queue:
                 self._evict_oldest()
             pending = self.log.submit(stream, queued, expected_version=NO_STREAM)
             self.queue.append(_Entry(t.run_id, t.payload, 1, False, [pending]))
             self._transition(t.run_id, "queued")
+            if self.closing:  # it stays queued: the next start admits it
+                del self.handles[t.run_id]
+                t.handle._fail(closed_error(t.run_id))
 
     def _evict_oldest(self) -> None:
         for entry in self.queue:
@@ -240,12 +271,17 @@ class WorkflowActor(Actor[Trigger]):
             and not (self.closing)
         ):
             entry = self.queue.popleft()
+            if entry.resumed:
+                self._resuming -= 1
             entry.pending.append(
                 self.log.submit(
                     run_stream(entry.run_id),
                     NewEvent(
                         "workflow.run.started", RunStarted(entry.attempt, entry.resumed)
                     ),
+                    # A queued run's stream holds its queued event only; if
+                    # that was refused (a duplicate id), so is this.
+                    expected_version=None if entry.resumed else 1,
                 )
             )
             self._start(entry)
@@ -271,8 +307,12 @@ class WorkflowActor(Actor[Trigger]):
         try:
             with scope:
                 try:
-                    for pending in entry.pending:
-                        await pending.wait()
+                    # Shielded: an interrupt while they are not yet written
+                    # would withdraw them, and the run would vanish from the
+                    # log (then its "interrupted" event is refused).
+                    with trio.CancelScope(shield=True):
+                        for pending in entry.pending:
+                            await pending.wait()
                 except NerveError as e:
                     outcome = ("unrecorded", e)
                 else:
@@ -349,7 +389,9 @@ class WorkflowActor(Actor[Trigger]):
         if result is not None:
             self._transition(run_id, result.status)
         self._admit_queued()
-        self.handles.pop(run_id, None)
+        # A handle asked for after the run started (`Kernel.handle`, e.g. on
+        # a run resumed at start) is only in ``handles``.
+        handle = self.handles.get(run_id) or handle
         if handle is not None:
             if error is not None:
                 handle._fail(error)
@@ -361,6 +403,9 @@ class WorkflowActor(Actor[Trigger]):
                     await pending.wait()
                 except NerveError:
                     pass  # the handle reports it
+        # Forgotten only now: `Kernel.handle` meanwhile finds this handle,
+        # not a record that does not show the outcome yet.
+        self.handles.pop(run_id, None)
 
     # -- shutdown -------------------------------------------------------------------
 

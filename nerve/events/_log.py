@@ -355,6 +355,14 @@ class Log:
             raise LogClosedError(f"the log at {self.path} is closed")
 
     async def _writer_loop(self) -> None:
+        # Shielded: the writer stops when the log closes (`aclose`, which
+        # every exit from `open_log` awaits), not when the scope around
+        # `open_log` is cancelled, so appends made while its body winds down
+        # a cancellation (the kernel recording interrupted runs) are written.
+        with trio.CancelScope(shield=True):
+            await self._write_until_closed()
+
+    async def _write_until_closed(self) -> None:
         writer = self._writer
         try:
             while True:

@@ -48,7 +48,7 @@ async def rebuild(
 
 
 def _swap_file(path: Path, fresh: Path, projection: Projection, position: int) -> None:
-    conn = open_projection_db(path)
+    conn = open_projection_db(path, [projection])
     try:
         conn.execute("ATTACH DATABASE ? AS fresh", (str(fresh),))
         conn.execute("BEGIN IMMEDIATE")

@@ -76,6 +76,17 @@ class Projection(abc.ABC):
         transaction. Raise to refuse the batch (inline projections: the
         append that carried the events fails and nothing is written)."""
 
+    def prepare(self, conn: apsw.Connection) -> None:  # noqa: B027 (optional hook)
+        """Make ``conn`` ready for this projection's tables (default: nothing).
+
+        Called on every connection opened on the projection's own database:
+        the runner's, read connections (`ProjectionRunner.query`), fresh
+        builds (rebuild, replay, verify) and swaps. A projection whose tables
+        need a loadable extension (sqlite-vec for the knowledge index) loads
+        it here; SQLite extensions are per connection. Inline projections
+        share the log's connections and get no call.
+        """
+
     def handles(self, event_type: str) -> bool:
         return self.types is None or event_type in self.types
 
@@ -153,11 +164,15 @@ def fold(
     return len(mine)
 
 
-def open_projection_db(path: Path) -> apsw.Connection:
+def open_projection_db(
+    path: Path, projections: Sequence[Projection] = ()
+) -> apsw.Connection:
     """Open (creating) a projection database: WAL, synchronous=NORMAL.
 
     Derived data may lose its last transactions on power loss; it catches up
-    from the log, so it does not pay an fsync per commit.
+    from the log, so it does not pay an fsync per commit. Each of
+    ``projections`` (those living in it) `prepares <Projection.prepare>` the
+    connection.
     """
     # With the application id, another application's database is refused
     # before the switch to WAL, which would rewrite its header.
@@ -175,6 +190,8 @@ def open_projection_db(path: Path) -> apsw.Connection:
             application_id=PROJECTION_APPLICATION_ID,
             what="projection",
         )
+        for p in projections:
+            p.prepare(conn)
     except BaseException:
         conn.close()
         raise

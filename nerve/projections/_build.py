@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def union_types(projections: Sequence[Projection]) -> frozenset[str] | None:
 
 def open_fresh(path: Path, projections: Sequence[Projection]) -> apsw.Connection:
     """A new projection database with the projections' empty tables."""
-    conn = open_projection_db(path)
+    conn = open_projection_db(path, projections)
     # A fresh build is thrown away if anything goes wrong, so it needs no
     # durability until it is swapped in (the swap commits in the live DB).
     conn.execute("PRAGMA synchronous=OFF")
@@ -165,9 +166,13 @@ def copy_in(
 
 @contextlib.contextmanager
 def temporary_db(folder: Path, name: str) -> Iterator[Path]:
-    """A path for a temporary database in ``folder``, removed afterwards."""
+    """A path for a temporary database in ``folder``, removed afterwards.
+
+    Unique per call, not only per process: two rebuilds of one projection
+    running at once must not share (and delete) each other's fresh database.
+    """
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    path = folder / f".rebuild-{safe}-{os.getpid()}.db"
+    path = folder / f".rebuild-{safe}-{os.getpid()}-{secrets.token_hex(4)}.db"
     remove_db(path)
     try:
         yield path

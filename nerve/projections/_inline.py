@@ -23,12 +23,23 @@ from ._build import build, copy_in, fold_page, temporary_db
 class InlineProjection:
     """The writer hook that keeps one projection in ``logs.db`` current."""
 
-    def __init__(self, projection: Projection) -> None:
+    def __init__(self, projection: Projection, log: Log | None = None) -> None:
         self.projection = projection
+        self.log = log
         self.events = 0
         self.batches = 0
 
     def apply(self, conn: apsw.Connection, events: Sequence[RecordedEvent]) -> None:
+        first = events[0].position
+        if self.log is not None:
+            # Another process may have appended without this projection
+            # attached: fold its events first, or they would be skipped (the
+            # checkpoint would jump over them).
+            cp = read_checkpoint(conn, self.projection.name)
+            if cp is not None and cp.position < first - 1:
+                _fold_tail(
+                    self.log, conn, conn, self.projection, cp.position, first - 1
+                )
         self.events += fold(conn, self.projection, events, events[-1].position)
         self.batches += 1
 
@@ -74,7 +85,7 @@ async def attach_inline(
         archived = int(rows[0][0]) if rows else 0
         return archived <= cp.position <= log.head
 
-    hook = InlineProjection(projection)
+    hook = InlineProjection(projection, log)
     if not await log._read(current):
         await rebuild_inline(log, projection, progress=progress, hook=hook)
         return hook
@@ -132,16 +143,18 @@ def _fold_tail(
     target: apsw.Connection,
     projection: Projection,
     after: int,
+    upto: int | None = None,
 ) -> None:
-    """Fold the events after ``after`` (read through ``source``, the log's
-    write connection, inside its transaction) into ``target``."""
-    head = log._writer.head
+    """Fold the events after ``after`` up to ``upto`` (default: the head; read
+    through ``source``, the log's write connection, inside its transaction)
+    into ``target``."""
+    head = log._writer.head if upto is None else upto
     while after < head:
         rows = source.execute(
             "SELECT position, stream, version, type, type_version, source, ts, "
-            "payload, blob, meta FROM main.logs WHERE position > ? "
+            "payload, blob, meta FROM main.logs WHERE position > ? AND position <= ? "
             "ORDER BY position LIMIT 5000",
-            (after,),
+            (after, head),
         ).fetchall()
         if not rows:
             break

@@ -121,6 +121,7 @@ async def _verify_one(log: Log, p: Projection, live_path: Path) -> list[Differen
         lambda: open_connection(live_path, synchronous="NORMAL", create=False)
     )
     try:
+        await trio.to_thread.run_sync(p.prepare, conn)
 
         def snapshot() -> Checkpoint | None:
             conn.execute("BEGIN")
@@ -143,6 +144,7 @@ async def _verify_one(log: Log, p: Projection, live_path: Path) -> list[Differen
             def compare() -> list[Difference]:
                 fresh = open_connection(fresh_path, synchronous="OFF", create=False)
                 try:
+                    p.prepare(fresh)
                     out: list[Difference] = []
                     for table, keys in p.tables.items():
                         out.extend(_diff_table(p.name, table, keys, conn, fresh))

@@ -112,6 +112,7 @@ class ProjectionRunner:
         def run() -> T:
             conn = open_connection(self.path, synchronous="NORMAL", create=False)
             try:
+                self.projection.prepare(conn)
                 conn.execute("BEGIN")
                 try:
                     return fn(conn)
@@ -141,7 +142,7 @@ class ProjectionRunner:
 
     def _open(self) -> apsw.Connection:
         try:
-            return open_projection_db(self.path)
+            return open_projection_db(self.path, [self.projection])
         except (NotADatabaseError, CorruptDatabaseError, SchemaError) as e:
             aside = self._move_aside(e)
             warnings.warn(
@@ -150,7 +151,7 @@ class ProjectionRunner:
                 ProjectionRecoveredWarning,
                 stacklevel=2,
             )
-            return open_projection_db(self.path)
+            return open_projection_db(self.path, [self.projection])
 
     def _move_aside(self, error: DatabaseError) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

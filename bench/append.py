@@ -1,0 +1,279 @@
+"""Durable append throughput and latency of `nerve.events.Log.append`.
+
+Figures, each the median of ``--runs`` interleaved runs:
+
+1. baseline: raw apsw, WAL, synchronous=FULL, one transaction per event into an
+   equivalent ``logs`` table (same columns, UNIQUE(stream, version)), one task,
+   1000 streams round-robin.
+2. nerve: 1000 concurrent trio tasks appending single events, each to its own
+   stream, ``fts=False``;
+   events/s and the ratio to (1). Targets: >= 100k events/s and >= 30x.
+   The same with the 1000 tasks sharing 10 streams, for comparison (no target).
+3. the same with ``fts=True``. Target: >= 60k events/s.
+4. one appender alone: p50 and p99 of ``await log.append``. Target: p50 <= 1 ms.
+5. peer: the ``eventsourcing`` library's SQLite application recorder, one event
+   per transaction (skipped when the package is not installed).
+
+Run: ``.venv/bin/python bench/append.py [--quick] [--runs N]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+
+import _common as c
+import apsw
+import orjson
+import trio
+
+from nerve.events import EventRegistry, NewEvent, open_log
+
+try:
+    from eventsourcing.persistence import StoredEvent
+    from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+except ImportError:  # an optional peer: `pip install -e '.[bench]'`
+    SQLiteDatastore = None
+
+TYPE = "bench.appended"
+MSG = "a benchmark event, about as big as a small real one"
+STREAMS = 1000
+
+# The columns and unique index of nerve's ``logs`` table (nerve/events/_schema.py).
+LOGS_DDL = """
+CREATE TABLE logs (
+    position     INTEGER PRIMARY KEY,
+    stream       TEXT    NOT NULL,
+    version      INTEGER NOT NULL,
+    type         TEXT    NOT NULL,
+    type_version INTEGER NOT NULL DEFAULT 1,
+    source       TEXT    NOT NULL DEFAULT '',
+    ts           INTEGER NOT NULL,
+    payload      TEXT,
+    blob         TEXT,
+    meta         TEXT,
+    hash         BLOB    NOT NULL,
+    UNIQUE (stream, version)
+)
+"""
+INSERT = "INSERT INTO logs VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+
+
+def payload(n: int, task: int) -> dict[str, object]:
+    return {"n": n, "task": task, "msg": MSG}
+
+
+# -- 1. baseline -------------------------------------------------------------------
+
+
+def baseline(args, events: int) -> float:
+    """Raw apsw, one BEGIN IMMEDIATE / INSERT / COMMIT per event: events/s."""
+    with c.temp_dir(args, "baseline") as d:
+        conn = apsw.Connection(str(d / "logs.db"))
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(LOGS_DDL)
+            prev = bytes(32)
+            t0 = c.perf_counter()
+            for i in range(events):
+                stream = f"s{i % STREAMS}"
+                text = orjson.dumps(payload(i, i % STREAMS)).decode()
+                prev = hashlib.sha256(prev + text.encode()).digest()
+                ts = int(time.time() * 1000)
+                row = (i + 1, stream, i // STREAMS + 1, TYPE, 1, "", ts, text)
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(INSERT, (*row, None, None, prev))
+                conn.execute("COMMIT")
+            return events / (c.perf_counter() - t0)
+        finally:
+            conn.close()
+
+
+# -- 2, 3. nerve, concurrent appenders ---------------------------------------------
+
+
+def nerve_concurrent(
+    args, events: int, tasks: int, *, fts: bool, streams: int | None = None
+) -> tuple[float, str]:
+    """``tasks`` tasks appending single events, each to its own stream (or to
+    one of ``streams`` shared ones)."""
+    per_task = events // tasks
+
+    async def main() -> tuple[float, str]:
+        with c.temp_dir(args, "nerve") as d:
+            async with open_log(d, fts=fts, registry=EventRegistry()) as log:
+
+                async def appender(task: int) -> None:
+                    stream = f"s{task if streams is None else task % streams}"
+                    for i in range(per_task):
+                        await log.append(stream, NewEvent(TYPE, payload(i, task)))
+
+                t0 = c.perf_counter()
+                async with trio.open_nursery() as nursery:
+                    for task in range(tasks):
+                        nursery.start_soon(appender, task)
+                elapsed = c.perf_counter() - t0
+                s = log.statistics()
+                assert s.events == per_task * tasks, s
+            info = (
+                f"{s.batches:,} transactions, mean {s.mean_batch_size:.0f} "
+                f"appends each (max {s.max_batch_size:,})"
+            )
+            return per_task * tasks / elapsed, info
+
+    return trio.run(main)
+
+
+# -- 4. nerve, one appender --------------------------------------------------------
+
+
+def nerve_latency(args, events: int) -> tuple[float, float]:
+    """One task appending single events in turn: (p50, p99) in ms."""
+
+    async def main() -> tuple[float, float]:
+        with c.temp_dir(args, "latency") as d:
+            async with open_log(d, fts=False, registry=EventRegistry()) as log:
+                for i in range(50):  # warm up: the thread cache, statements
+                    await log.append("warm", NewEvent(TYPE, payload(i, 0)))
+                latencies = []
+                for i in range(events):
+                    ev = NewEvent(TYPE, payload(i, 0))
+                    t0 = c.perf_counter()
+                    await log.append("alone", ev)
+                    latencies.append((c.perf_counter() - t0) * 1000)
+        return c.percentile(latencies, 50), c.percentile(latencies, 99)
+
+    return trio.run(main)
+
+
+# -- 5. eventsourcing, the peer ----------------------------------------------------
+
+
+def eventsourcing_run(args, events: int) -> tuple[float, int]:
+    """SQLiteApplicationRecorder.insert_events, one event per call (transaction).
+
+    Returns events/s and the ``PRAGMA synchronous`` its connections run with.
+    """
+    with c.temp_dir(args, "eventsourcing") as d:
+        datastore = SQLiteDatastore(str(d / "es.db"))
+        try:
+            recorder = SQLiteApplicationRecorder(datastore)
+            recorder.create_table()
+            with datastore.transaction(commit=False) as cur:
+                cur.execute("PRAGMA synchronous")
+                synchronous = cur.fetchone()[0]
+            ids = [uuid.uuid4() for _ in range(STREAMS)]
+            t0 = c.perf_counter()
+            for i in range(events):
+                state = orjson.dumps(payload(i, i % STREAMS))
+                stored = StoredEvent(ids[i % STREAMS], i // STREAMS + 1, TYPE, state)
+                recorder.insert_events([stored])
+            return events / (c.perf_counter() - t0), synchronous
+        finally:
+            datastore.close()
+
+
+# -- main --------------------------------------------------------------------------
+
+
+def main() -> None:
+    args = c.parse_args(__doc__.splitlines()[0])
+    tasks = 1000
+    events = c.sized(args, 100_000, 10_000)
+    base_events = c.sized(args, 5_000, 1_000)
+    lat_events = c.sized(args, 3_000, 300)
+    c.header(
+        "bench/append.py: durable appends (synchronous=FULL)",
+        args,
+        events=events,
+        tasks=tasks,
+        baseline_events=base_events,
+        latency_events=lat_events,
+    )
+    base, plain, shared, fts, p50, p99, es = (c.Series() for _ in range(7))
+    plain_info = fts_info = ""
+    synchronous = None
+    for run in range(1, args.runs + 1):
+        c.progress(f"run {run}/{args.runs}: baseline")
+        base.add(baseline(args, base_events))
+        c.progress(f"run {run}/{args.runs}: nerve, {tasks} appenders, fts=False")
+        rate, plain_info = nerve_concurrent(args, events, tasks, fts=False)
+        plain.add(rate)
+        c.progress(f"run {run}/{args.runs}: nerve, {tasks} appenders, 10 streams")
+        shared.add(nerve_concurrent(args, events, tasks, fts=False, streams=10)[0])
+        c.progress(f"run {run}/{args.runs}: nerve, {tasks} appenders, fts=True")
+        rate, fts_info = nerve_concurrent(args, events, tasks, fts=True)
+        fts.add(rate)
+        c.progress(f"run {run}/{args.runs}: nerve, one appender")
+        lo, hi = nerve_latency(args, lat_events)
+        p50.add(lo)
+        p99.add(hi)
+        if SQLiteDatastore is not None:
+            c.progress(f"run {run}/{args.runs}: eventsourcing")
+            rate, synchronous = eventsourcing_run(args, base_events)
+            es.add(rate)
+
+    b = base.median
+    r = c.Report("durable append, events/s (x base: ratio to the raw apsw baseline)")
+    r.add("baseline: raw apsw, 1 txn/event", base, "events/s", baseline=b)
+    if es:
+        r.add(
+            "peer: eventsourcing SQLite, 1 txn/event",
+            es,
+            "events/s",
+            baseline=b,
+            note=f"SQLiteApplicationRecorder, PRAGMA synchronous={synchronous} "
+            "(2 = FULL); nerve fts=False is "
+            f"{plain.median / es.median:.1f}x this",
+        )
+    else:
+        r.add(
+            "peer: eventsourcing SQLite, 1 txn/event",
+            None,
+            "events/s",
+            note="skipped: eventsourcing is not installed "
+            "(.venv/bin/pip install -e '.[bench]')",
+        )
+    r.add(
+        f"nerve: {tasks} appenders, fts=False",
+        plain,
+        "events/s",
+        baseline=b,
+        checks=[
+            c.at_least(plain.median, 100_000, "100k/s"),
+            c.at_least(plain.median / b, 30, "30x"),
+        ],
+        note=f"last run: {plain_info}",
+    )
+    r.add(
+        f"nerve: {tasks} appenders, 10 streams",
+        shared,
+        "events/s",
+        baseline=b,
+        note="fts=False, the appenders share 10 streams instead of one each: "
+        "fewer UNIQUE(stream, version) index pages dirtied per commit",
+    )
+    r.add(
+        f"nerve: {tasks} appenders, fts=True",
+        fts,
+        "events/s",
+        baseline=b,
+        checks=[c.at_least(fts.median, 60_000, "60k/s")],
+        note=f"last run: {fts_info}",
+    )
+    r.add(
+        "nerve: one appender, p50 latency",
+        p50,
+        "ms",
+        checks=[c.at_most(p50.median, 1.0, "1 ms")],
+        note=f"{lat_events:,} sequential appends per run; "
+        f"baseline mean {1000 / b:.3f} ms per commit",
+    )
+    r.add("nerve: one appender, p99 latency", p99, "ms")
+    r.print()
+
+
+if __name__ == "__main__":
+    main()
