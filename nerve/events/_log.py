@@ -802,19 +802,17 @@ class Log:
                         with out.backup("main", src, "main") as b:
                             b.step(-1)
                         days = arch.list_days(out)
-                        blobs = [
-                            r[0]
-                            for r in out.execute(
-                                "SELECT DISTINCT blob FROM logs WHERE blob IS NOT NULL"
-                            )
-                        ]
                     finally:
                         out.close()
             finally:
                 self._release(src)
             os.chmod(target, 0o600)
-            for digest in blobs + _archived_blobs(self.data_dir, days):
-                dst = BlobStore(dest_dir / "blobs")
+            # Every blob, not only those the logs table names: payloads refer
+            # to blobs too (knowledge files). Blobs are immutable and written
+            # before the events naming them commit, so all the snapshot needs
+            # are there; later ones are harmless extras. Reading verifies each.
+            dst = BlobStore(dest_dir / "blobs")
+            for digest in self.blobs.iter_digests_sync():
                 if not dst.exists_sync(digest):
                     dst.put_sync(self.blobs.get_sync(digest))
             for day in days:
@@ -1197,15 +1195,6 @@ def _commit_day(conn: apsw.Connection, day: arch.ArchiveDay) -> bool:
         ],
     )
     return True
-
-
-def _archived_blobs(data_dir: Path, days: Sequence[arch.ArchiveDay]) -> list[str]:
-    return [
-        row[8]
-        for day in days
-        for row in arch.iter_day(data_dir, day)
-        if row[8] is not None
-    ]
 
 
 __all__ = ["LOG_FILE", "EventReader", "Log", "PendingAppend", "SearchHit", "open_log"]
