@@ -315,7 +315,6 @@ def _projection_dbs(data_dir: Path) -> list[Path]:
 
 def _projection_db(data_dir: Path, path: Path, head: int) -> Iterator[Check]:
     name = str(path.relative_to(data_dir))
-    knowledge = path.name == "knowledge.db"
     try:
         conn = _readonly(path, "NORMAL")
     except NerveError as e:
@@ -326,8 +325,8 @@ def _projection_db(data_dir: Path, path: Path, head: int) -> Iterator[Check]:
             conn,
             name,
             "NORMAL",
-            None if knowledge else PROJECTION_DB_MIGRATIONS,
-            None if knowledge else PROJECTION_APPLICATION_ID,
+            PROJECTION_DB_MIGRATIONS,
+            PROJECTION_APPLICATION_ID,
             "projection",
         )
         if table_exists(conn, "projections"):

@@ -11,23 +11,20 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import orjson
 import trio
 
 from nerve.config import (
-    DEFAULT_DATA_DIR,
     DEFAULT_RETENTION,
-    Config,
-    find_config,
     parse_duration,
 )
-from nerve.events import Log, NerveError, SearchQueryError
+from nerve.events import Log, SearchQueryError
 from nerve.events._vocabulary import (
     RUN_STATUS_OF_TYPE,
     TERMINAL_STATUSES,
@@ -39,6 +36,15 @@ from nerve.projections import RunQueries, RunRecord
 
 from . import _cli_admin as admin
 from ._cli_admin import open_cli_log
+from ._cli_common import (
+    NerveGroup,
+    Target,
+    config_option,
+    data_option,
+    error_message,
+    json_option,
+    run_trio,
+)
 from ._cli_output import (
     Output,
     compact,
@@ -51,97 +57,7 @@ from ._cli_output import (
     when,
 )
 
-F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
-
 STATUSES = sorted(s for s in TRANSITIONS if s is not None)
-
-
-# -- plumbing ---------------------------------------------------------------------
-
-
-class NerveGroup(click.Group):
-    """Turns nerve's errors into one line on stderr and exit status 1."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except KeyboardInterrupt:
-            raise click.exceptions.Exit(130) from None
-        except BaseException as e:
-            error = _single(e)
-            if isinstance(error, NerveError | OSError):
-                raise click.ClickException(_message(error)) from None
-            if isinstance(error, KeyboardInterrupt):
-                raise click.exceptions.Exit(130) from None
-            raise
-
-
-def _single(e: BaseException) -> BaseException:
-    """The one error inside nested exception groups of one error each."""
-    while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
-        e = e.exceptions[0]
-    return e
-
-
-def _message(e: BaseException) -> str:
-    if isinstance(e, OSError) and not isinstance(e, NerveError) and e.strerror:
-        where = f"{e.filename}: " if e.filename else ""
-        return f"{where}{e.strerror}"
-    return str(e)
-
-
-def run_trio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    return trio.run(fn, *args)
-
-
-def data_option(f: F) -> F:
-    return click.option(
-        "--data",
-        "data",
-        type=click.Path(file_okay=False, path_type=Path),
-        envvar="NERVE_DATA",
-        help="The data directory (default: the config's data_dir, else ./data).",
-    )(f)
-
-
-def config_option(f: F) -> F:
-    return click.option(
-        "--config",
-        "-c",
-        "config_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        envvar="NERVE_CONFIG",
-        help="The config file (default: ./nerve.yaml if it exists).",
-    )(f)
-
-
-def json_option(f: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
-
-
-class Target:
-    """The config (if any) and the data directory a command works on."""
-
-    def __init__(self, config_path: Path | None, data: Path | None) -> None:
-        self.config: Config | None = find_config(config_path)
-        if data is not None:
-            self.data_dir = data
-        elif self.config is not None and self.config.data_path is not None:
-            self.data_dir = self.config.data_path
-        else:
-            self.data_dir = Path(DEFAULT_DATA_DIR)
-
-    def existing(self) -> Path:
-        """The data directory, which must hold a log already."""
-        if not (self.data_dir / "logs.db").is_file():
-            raise click.ClickException(
-                f"no nerve log in {self.data_dir} (no logs.db there): pass "
-                "--data DIR, or start a kernel there with `nerve run`"
-            )
-        return self.data_dir
 
 
 # -- the group --------------------------------------------------------------------
@@ -216,7 +132,7 @@ def _payload(text: str | None) -> Any:
         try:
             text = Path(text[1:]).read_text(encoding="utf-8")
         except OSError as e:
-            raise click.BadParameter(_message(e), param_hint="--payload") from None
+            raise click.BadParameter(error_message(e), param_hint="--payload") from None
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError as e:

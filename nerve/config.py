@@ -22,32 +22,52 @@ put on ``sys.path`` so entry modules next to ``nerve.yaml`` import.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import importlib
 import importlib.util
 import inspect
-import math
 import os
-import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, TypeVar
 
 import attrs
-import cattrs
 import yaml
 from cattrs.errors import (
     ClassValidationError,
     IterableValidationError,
-    IterableValidationNote,
 )
-from cattrs.gen import make_dict_structure_fn, override
 
 from nerve.actors import App
 from nerve.events import ConfigError
+
+from ._config_hooks import (
+    Problem,
+    class_hook,
+    converter,
+    entry,
+    every,
+    format_problem,
+    int_at_least,
+    leaves,
+    list_of,
+    mapping_of,
+    one_of,
+    optional,
+    optional_entry,
+    optional_name,
+    path_value,
+    patterns,
+    retention,
+    signal,
+    strict_bool,
+    strict_str,
+    structurer,
+    unknown,
+)
+from ._config_hooks import parse_duration as parse_duration
 
 T = TypeVar("T")
 
@@ -322,11 +342,6 @@ def _describe(obj: Any) -> str:
 
 # -- entry points -------------------------------------------------------------------
 
-_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
-_ENTRY_RE: Final = re.compile(
-    rf"{_IDENTIFIER}(\.{_IDENTIFIER})*:{_IDENTIFIER}(\.{_IDENTIFIER})*"
-)
-
 
 class _EntryProblem(Exception):
     pass
@@ -435,9 +450,9 @@ def parse_config(text: str, *, source: str | os.PathLike[str] | None = None) -> 
     problems: list[str] = []
     config: Config | None = None
     try:
-        config = _converter.structure(raw, Config)
-    except (ClassValidationError, IterableValidationError, _Problem) as e:
-        problems.extend(_format(raw, path, leaf) for path, leaf in _leaves(e, ()))
+        config = converter.structure(raw, Config)
+    except (ClassValidationError, IterableValidationError, Problem) as e:
+        problems.extend(format_problem(raw, path, leaf) for path, leaf in leaves(e, ()))
     problems.extend(_cross_check(raw))
     if problems:
         raise ConfigFileError(where, problems)
@@ -466,467 +481,89 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-# -- validation problems -------------------------------------------------------------
-
-
-class _Problem(ValueError):
-    """A bad value, or (with ``key``) a bad key of the mapping being structured."""
-
-    _NO_VALUE: Final = object()
-
-    def __init__(self, message: str, value: Any = _NO_VALUE, *, key: Any = None):
-        super().__init__(message)
-        self.message = message
-        self.value = value
-        self.key = key
-
-
-Path_ = tuple[Any, ...]
-
-
-def _leaves(exc: BaseException, path: Path_) -> Iterator[tuple[Path_, BaseException]]:
-    """Flatten cattrs' nested validation errors into (key path, error)."""
-    if isinstance(exc, ClassValidationError):
-        with_notes, others = exc.group_exceptions()
-        for sub, note in with_notes:
-            yield from _leaves(sub, (*path, note.name))
-        for sub in others:
-            yield from _leaves(sub, path)
-    elif isinstance(exc, IterableValidationError):
-        with_index, others_ = exc.group_exceptions()
-        for sub, inote in with_index:
-            yield from _leaves(sub, (*path, _Index(inote.index)))
-        for sub in others_:
-            yield from _leaves(sub, path)
-    elif isinstance(exc, _Problem) and exc.key is not None:
-        yield (*path, exc.key), exc
-    else:
-        yield path, exc
-
-
-@attrs.frozen
-class _Index:
-    """A position in a list (shown as ``[i]``) or a mapping key (``.key``)."""
-
-    value: Any
-
-
-def _format(raw: Any, path: Path_, error: BaseException) -> str:
-    shown = _show_path(raw, path)
-    if isinstance(error, _Problem):
-        text = error.message
-        if error.value is not _Problem._NO_VALUE:
-            text += f", got {_show_value(error.value)}"
-    elif isinstance(error, KeyError):
-        text = "required key is missing"
-    else:
-        text = str(error)
-    return f"{shown}: {text}" if shown else text
-
-
-def _show_value(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _show_path(raw: Any, path: Path_) -> str:
-    """``workflows.greet.maxQueue``, ``reflexes[0].signal``: as the user wrote
-    them (an attribute given in camelCase is shown in camelCase)."""
-    out = ""
-    node = raw
-    for step in path:
-        if isinstance(step, _Index):
-            key = step.value
-            if isinstance(key, int) and isinstance(node, list):
-                out += f"[{key}]"
-                node = node[key] if 0 <= key < len(node) else None
-                continue
-            out += f".{key}" if out else str(key)
-            node = node.get(key) if isinstance(node, Mapping) else None
-            continue
-        name = step
-        if isinstance(node, Mapping) and name not in node:
-            camel = _camel(str(name))
-            if camel in node:
-                name = camel
-        out += f".{name}" if out else str(name)
-        node = node.get(name) if isinstance(node, Mapping) else None
-    return out
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(w[:1].upper() + w[1:] for w in rest)
-
-
-def _closest(key: str, candidates: Iterable[str]) -> str | None:
-    found = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
-    if not found:
-        lowered = {c.lower(): c for c in candidates}
-        return lowered.get(key.lower().replace("-", "_"))
-    return found[0]
-
-
-def _unknown(what: str, key: Any, candidates: list[str]) -> str:
-    close = _closest(key, candidates) if isinstance(key, str) else None
-    if close is not None:
-        return f"{what}; did you mean {close!r}?"
-    return f"{what} (known: {', '.join(candidates) or 'none'})"
-
-
-# -- structuring hooks ------------------------------------------------------------
-
-_converter = cattrs.Converter(detailed_validation=True)
-
-
-def _strict_str(value: Any, _: Any = None) -> str:
-    if not isinstance(value, str):
-        raise _Problem("expected a string", value)
-    return value
-
-
-def _strict_bool(value: Any, _: Any = None) -> bool:
-    if not isinstance(value, bool):
-        raise _Problem("expected true or false", value)
-    return value
-
-
-def _int_at_least(low: int) -> Callable[[Any, Any], int]:
-    def hook(value: Any, _: Any = None) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise _Problem(f"expected an integer >= {low}", value)
-        return value
-
-    return hook
-
-
-def _optional(
-    hook: Callable[[Any, Any], T], null_means: str
-) -> Callable[[Any, Any], T | None]:
-    def optional(value: Any, t: Any = None) -> T | None:
-        if value is None:
-            return None
-        try:
-            return hook(value, t)
-        except _Problem as e:
-            raise _Problem(f"{e.message} or null ({null_means})", value) from None
-
-    return optional
-
-
-def _one_of(*choices: str) -> Callable[[Any, Any], str]:
-    def hook(value: Any, _: Any = None) -> str:
-        if value not in choices or not isinstance(value, str):
-            raise _Problem(f"expected one of {', '.join(map(repr, choices))}", value)
-        return value
-
-    return hook
-
-
-def _entry(value: Any, _: Any = None) -> str:
-    if not isinstance(value, str) or not _ENTRY_RE.fullmatch(value):
-        raise _Problem("expected 'module:function' (like 'flows:greet')", value)
-    return value
-
-
-def _optional_entry(value: Any, _: Any = None) -> str | None:
-    return None if value is None else _entry(value)
-
-
-def _signal(value: Any, _: Any = None) -> str:
-    if not isinstance(value, str) or value.count(".") < 1 or "" in value.split(".", 1):
-        raise _Problem("expected 'group.sense' (like 'system.disk')", value)
-    return value
-
-
-_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_DURATION_RE: Final = re.compile(rf"(?:{_DURATION_PART.pattern})+")
-_UNIT_SECONDS: Final = {
-    "ms": 0.001,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-    "d": 86400.0,
-    "w": 604800.0,
-}
-
-
-def parse_duration(value: Any, *, allow_zero: bool = False) -> float:
-    """Seconds from a number or a string like ``500ms``, ``5s``, ``1h30m``.
-
-    Units: ``ms``, ``s``, ``m`` (minutes), ``h``, ``d``, ``w``. No spaces,
-    no sign; a bare number string (``"5"``) is refused: say ``5s``.
-
-    Raises:
-        ValueError: the value is not such a duration (the message says what
-            is expected).
-    """
-    expected = (
-        "expected a duration like '5s', '1m', '1h30m', '30d' or a number of seconds"
-    )
-    if isinstance(value, bool):
-        raise _Problem(expected, value)
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and _DURATION_RE.fullmatch(value):
-        seconds = sum(
-            float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(value)
-        )
-    else:
-        hint = ""
-        if isinstance(value, str) and re.fullmatch(r"\d+(\.\d+)?", value.strip()):
-            hint = f" (add a unit: '{value.strip()}s')"
-        raise _Problem(expected + hint, value)
-    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
-        raise _Problem(
-            "expected a duration >= 0" if allow_zero else "expected a duration > 0",
-            value,
-        )
-    return seconds
-
-
-def _every(value: Any, _: Any = None) -> float:
-    return parse_duration(value)
-
-
-def _retention(value: Any, _: Any = None) -> timedelta:
-    return timedelta(seconds=parse_duration(value, allow_zero=True))
-
-
-def _patterns(value: Any, _: Any = None) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _Problem("expected a glob pattern or a list of them", value)
-    return tuple(value)
-
-
-def _path(value: Any, _: Any = None) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _Problem("expected a path", value)
-    return value
-
-
-def _optional_name(value: Any, _: Any = None) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise _Problem("expected a name", value)
-    return value
-
-
-def _name_problem(kind: str, name: Any) -> str | None:
-    if not isinstance(name, str) or not name.strip() or name != name.strip():
-        return f"a {kind} name must be a non-empty string without surrounding spaces"
-    if any(c in name for c in "/\\\0"):
-        return f"a {kind} name must not contain '/', '\\' or NUL"
-    if kind == "sense group" and ("." in name or name.startswith(".")):
-        return "a sense group name must not contain '.'"
-    return None
-
-
-def _mapping_of(
-    item: Callable[..., T], kind: str, what: str
-) -> Callable[[Any, Any], dict[str, T]]:
-    """A hook for ``NAME: {...}`` mappings: names checked, every item structured,
-    every problem kept."""
-
-    def hook(value: Any, _: Any = None) -> dict[str, T]:
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            raise _Problem(f"expected a mapping of {what}", value)
-        out: dict[str, T] = {}
-        errors: list[Exception] = []
-        for key, v in value.items():
-            bad = _name_problem(kind, key)
-            if bad is not None:
-                errors.append(_Problem(bad, key, key=_Index(key)))
-                continue
-            try:
-                out[key] = item(v)
-            except Exception as e:
-                e.add_note(IterableValidationNote(f"@ key {key!r}", key, object))
-                errors.append(e)
-        if errors:
-            raise IterableValidationError(f"While structuring {what}", errors, dict)
-        return out
-
-    return hook
-
-
-def _list_of(
-    item: Callable[[Any], T], what: str
-) -> Callable[[Any, Any], tuple[T, ...]]:
-    def hook(value: Any, _: Any = None) -> tuple[T, ...]:
-        if value is None:
-            return ()
-        if not isinstance(value, list):
-            raise _Problem(f"expected a list of {what}", value)
-        out: list[T] = []
-        errors: list[Exception] = []
-        for i, v in enumerate(value):
-            try:
-                out.append(item(v))
-            except Exception as e:
-                e.add_note(IterableValidationNote(f"@ index {i}", i, object))
-                errors.append(e)
-        if errors:
-            raise IterableValidationError(f"While structuring {what}", errors, list)
-        return tuple(out)
-
-    return hook
-
-
-def _class_hook(
-    cls: type[T], what: str, overrides: Mapping[str, Callable[[Any, Any], Any]]
-) -> Callable[[Any, Any], T]:
-    """Structure ``cls`` from a mapping: both key spellings, unknown keys
-    refused with the closest valid one, every problem kept."""
-    fields = [f for f in attrs.fields(cast(Any, cls)) if f.name != "source"]
-    names = [f.name for f in fields]
-    aliases = {_camel(n): n for n in names if "_" in n}
-    # Suggest the seed's camelCase spelling first for multi-word keys.
-    spellings = [_camel(n) if "_" in n else n for n in names] + list(aliases.values())
-    field_overrides: dict[str, Any] = {
-        name: override(struct_hook=hook) for name, hook in overrides.items()
-    }
-    if "source" in attrs.fields_dict(cast(Any, cls)):
-        field_overrides["source"] = override(omit=True)
-    generated = make_dict_structure_fn(cls, _converter, **field_overrides)
-    required = all(f.default is attrs.NOTHING for f in fields)
-
-    def hook(value: Any, _: Any = None) -> T:
-        if value is None and not required:
-            value = {}
-        if not isinstance(value, Mapping):
-            raise _Problem(f"expected a mapping ({what})", value)
-        data: dict[str, Any] = {}
-        given: dict[str, Any] = {}
-        errors: list[Exception] = []
-        for key, v in value.items():
-            name = key if key in names else aliases.get(key)
-            if name is None:
-                errors.append(
-                    _Problem(_unknown("unknown key", key, spellings), key=key)
-                )
-            elif name in data:
-                errors.append(
-                    _Problem(
-                        f"given twice, as {given[name]!r} and {key!r}; keep one",
-                        key=key,
-                    )
-                )
-            else:
-                data[name] = v
-                given[name] = key
-        try:
-            result = generated(data, cls)
-        except ClassValidationError as e:
-            errors.extend(e.exceptions)
-        if errors:
-            raise ClassValidationError(f"While structuring {what}", errors, cls)
-        return result
-
-    return hook
-
-
-def _structurer(cls: type[T]) -> Callable[..., T]:
-    def structure(value: Any, _: Any = None) -> T:
-        return _converter.structure(value, cls)
-
-    return structure
-
-
-_converter.register_structure_hook(str, _strict_str)
-_converter.register_structure_hook(bool, _strict_bool)
-_converter.register_structure_hook(
+converter.register_structure_hook(str, strict_str)
+converter.register_structure_hook(bool, strict_bool)
+converter.register_structure_hook(
     WorkflowConfig,
-    _class_hook(
+    class_hook(
         WorkflowConfig,
         "a workflow: entry, concurrency, overflow, maxQueue, resume",
         {
-            "entry": _entry,
-            "concurrency": _int_at_least(1),
-            "overflow": _one_of("queue", "drop"),
-            "max_queue": _int_at_least(0),
-            "resume": _strict_bool,
+            "entry": entry,
+            "concurrency": int_at_least(1),
+            "overflow": one_of("queue", "drop"),
+            "max_queue": int_at_least(0),
+            "resume": strict_bool,
         },
     ),
 )
-_converter.register_structure_hook(
+converter.register_structure_hook(
     SenseConfig,
-    _class_hook(
+    class_hook(
         SenseConfig,
         "a sense: entry, every, keepLast",
         {
-            "entry": _entry,
-            "every": _every,
-            "keep_last": _optional(_int_at_least(1), "keep every signal"),
+            "entry": entry,
+            "every": every,
+            "keep_last": optional(int_at_least(1), "keep every signal"),
         },
     ),
 )
-_converter.register_structure_hook(
+converter.register_structure_hook(
     ReflexConfig,
-    _class_hook(
+    class_hook(
         ReflexConfig,
         "a reflex: signal, workflow, when",
-        {"signal": _signal, "workflow": _strict_str, "when": _optional_entry},
+        {"signal": signal, "workflow": strict_str, "when": optional_entry},
     ),
 )
-_converter.register_structure_hook(
+converter.register_structure_hook(
     KnowledgeRoot,
-    _class_hook(
+    class_hook(
         KnowledgeRoot,
         "a knowledge root: path, repo, include, exclude",
         {
-            "path": _path,
-            "repo": _optional_name,
-            "include": _patterns,
-            "exclude": _patterns,
+            "path": path_value,
+            "repo": optional_name,
+            "include": patterns,
+            "exclude": patterns,
         },
     ),
 )
-_converter.register_structure_hook(
+converter.register_structure_hook(
     KnowledgeConfig,
-    _class_hook(
+    class_hook(
         KnowledgeConfig,
         "knowledge: roots",
-        {"roots": _list_of(_structurer(KnowledgeRoot), "knowledge roots")},
+        {"roots": list_of(structurer(KnowledgeRoot), "knowledge roots")},
     ),
 )
-_converter.register_structure_hook(
+converter.register_structure_hook(
     ArchiveConfig,
-    _class_hook(ArchiveConfig, "archive: retention", {"retention": _retention}),
+    class_hook(ArchiveConfig, "archive: retention", {"retention": retention}),
 )
-_converter.register_structure_hook(
+converter.register_structure_hook(
     Config,
-    _class_hook(
+    class_hook(
         Config,
         "the top level: workflows, senses, reflexes, knowledge, archive, dataDir",
         {
-            "workflows": _mapping_of(
-                _structurer(WorkflowConfig), "workflow", "workflow name: {entry: ...}"
+            "workflows": mapping_of(
+                structurer(WorkflowConfig), "workflow", "workflow name: {entry: ...}"
             ),
-            "senses": _mapping_of(
-                _mapping_of(
-                    _structurer(SenseConfig), "sense", "sense name: {entry, every}"
+            "senses": mapping_of(
+                mapping_of(
+                    structurer(SenseConfig), "sense", "sense name: {entry, every}"
                 ),
                 "sense group",
                 "group: {sense name: {entry, every}}",
             ),
-            "reflexes": _list_of(
-                _structurer(ReflexConfig), "reflexes ({signal, workflow})"
+            "reflexes": list_of(
+                structurer(ReflexConfig), "reflexes ({signal, workflow})"
             ),
-            "knowledge": _structurer(KnowledgeConfig),
-            "archive": _structurer(ArchiveConfig),
-            "data_dir": _optional(_path, "the default, ./data"),
+            "knowledge": structurer(KnowledgeConfig),
+            "archive": structurer(ArchiveConfig),
+            "data_dir": optional(path_value, "the default, ./data"),
         },
     ),
 )
@@ -959,11 +596,11 @@ def _cross_check(raw: Any) -> list[str]:
         signal, workflow = r.get("signal"), r.get("workflow")
         if isinstance(signal, str) and "." in signal and signal not in signals:
             what = f"no sense {signal!r} is configured"
-            problems.append(f"reflexes[{i}].signal: {_unknown(what, signal, signals)}")
+            problems.append(f"reflexes[{i}].signal: {unknown(what, signal, signals)}")
         if isinstance(workflow, str) and workflow not in workflow_names:
             what = f"no workflow {workflow!r} is configured"
             problems.append(
-                f"reflexes[{i}].workflow: {_unknown(what, workflow, workflow_names)}"
+                f"reflexes[{i}].workflow: {unknown(what, workflow, workflow_names)}"
             )
     return problems
 

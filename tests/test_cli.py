@@ -427,7 +427,7 @@ def test_help_lists_every_command() -> None:
     text = ok("--help").stdout
     for command in (
         "run", "trigger", "runs", "run-show", "log", "replay", "projections",
-        "verify", "archive", "backup", "doctor", "stats",
+        "verify", "archive", "backup", "doctor", "stats", "knowledge",
     ):  # fmt: skip
         assert f"  {command} " in text
 
@@ -607,3 +607,62 @@ async def test_reload_interrupts_runs_past_the_grace_and_uses_new_code(
         finally:
             server.process.send_signal(signal.SIGINT)
             assert await server.process.wait() == 0
+
+
+# -- knowledge -------------------------------------------------------------------------
+
+
+def write_tree(root: Path) -> Path:
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "resume.py").write_text(
+        '"""Resuming a crashed run from its step journal."""\n\n'
+        "def resume(run):\n    return run.journal\n"
+    )
+    (root / "README.md").write_text("# Tree\n\nThe grace period drains runs.\n")
+    (root / ".knowledge").mkdir()
+    (root / ".knowledge" / "card.md").write_text(
+        "---\ntitle: Drain\n---\nShutdown drains with a grace period.\n"
+    )
+    return root
+
+
+def test_knowledge_index_and_search(tmp_path: Path) -> None:
+    tree = write_tree(tmp_path / "tree")
+    data = tmp_path / "data"
+    text = ok("knowledge", "index", tree, "--repo", "tree", "--data", data).stdout
+    assert "tree: 3 added, 0 changed, 0 removed, 0 unchanged" in text
+    again = ok("knowledge", "index", tree, "--repo", "tree", "--data", data).stdout
+    assert "0 added, 0 changed, 0 removed, 3 unchanged" in again
+
+    hits = orjson.loads(
+        ok(
+            "knowledge", "search", "crashed run journal", "--json", "--data", data
+        ).stdout
+    )
+    assert hits[0]["path"] == "src/resume.py"
+    assert hits[0]["repo"] == "tree"
+    shown = ok("knowledge", "search", "grace period", "-k", "2", "--data", data).stdout
+    assert "tree/" in shown
+    assert (
+        "no match"
+        in nerve_cli(
+            "knowledge", "search", "grace", "--repo", "other", "--data", data
+        ).stderr
+    )
+    stats = orjson.loads(ok("knowledge", "stats", "--json", "--data", data).stdout)
+    assert (stats["files"], stats["cards"], stats["repos"]) == (3, 1, ["tree"])
+    assert "malformed" in error(
+        1, "knowledge", "search", "grace AND (", "--fts5", "--data", data
+    )
+
+
+def test_knowledge_index_uses_the_config_roots(tmp_path: Path) -> None:
+    write_tree(tmp_path / "tree")
+    config = tmp_path / "nerve.yaml"
+    config.write_text(
+        "knowledge:\n  roots:\n    - {path: tree, repo: docs, include: ['*.md']}\n"
+        "data_dir: data\n"
+    )
+    text = ok("knowledge", "index", "-c", config).stdout
+    assert "docs: 2 added" in text  # README.md and the card (cards always count)
+    assert "PATH" in error(2, "knowledge", "index", "--data", tmp_path / "d2")

@@ -33,6 +33,11 @@ from nerve.projections import RunRecord
 SAFETY = 20  # seconds of real time: a net against hangs, never a timing assertion
 # (not with the autojump clock: virtual time jumps while the log's thread works)
 
+QUIET: dict[str, Any] = {"watch_interval": None}
+"""For timing tests on the autojump clock: while the log writes (in a thread),
+virtual time jumps to the next deadline, and the log's watch for other
+processes' appends (every 50 ms) would make each write cost virtual time."""
+
 # -- helpers -------------------------------------------------------------------
 
 
@@ -330,9 +335,7 @@ async def test_a_freed_slot_starts_the_next_queued_run_at_once(
 
     app = nerve.App()
     app.workflow("w", concurrency=1, overflow="queue")(timed)
-    # watch_interval=None: no polling for other processes' appends, so no
-    # deadline lets virtual time move while the log writes.
-    async with nerve.open_kernel(app, tmp_path, watch_interval=None) as kernel:
+    async with nerve.open_kernel(app, tmp_path, **QUIET) as kernel:
         handles = [await kernel.trigger("w", {"k": i}) for i in range(3)]
         await gates.entered[0].wait()
         await trio.sleep(5)
@@ -448,7 +451,7 @@ async def test_shutdown_interrupts_runs_still_running_after_the_grace(
         await trio.sleep(3 if run.payload == "short" else 3600)
         return run.payload
 
-    async with nerve.open_kernel(app, tmp_path, grace=5) as kernel:
+    async with nerve.open_kernel(app, tmp_path, grace=5, **QUIET) as kernel:
         short = await kernel.trigger("w", "short")
         long = await kernel.trigger("w", "long")
         await entered["short"].wait()
@@ -525,7 +528,7 @@ async def test_cancelling_the_surrounding_scope_drains_with_the_grace(
 
     handles: list[nerve.RunHandle] = []
     with trio.CancelScope() as scope:
-        async with nerve.open_kernel(app, tmp_path, grace=5) as kernel:
+        async with nerve.open_kernel(app, tmp_path, grace=5, **QUIET) as kernel:
             handles.append(await kernel.trigger("w", "short"))
             handles.append(await kernel.trigger("w", "long"))
             await entered["short"].wait()

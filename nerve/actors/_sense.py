@@ -93,6 +93,8 @@ class SenseGroupActor(Actor[Tick]):
         self.trigger = trigger
         self.senses = {s.name: Sense(group, s.name, log) for s in specs}
         self._recovered = False
+        self._due: set[str] = set()
+        """Senses with a tick waiting in the mailbox or being computed."""
 
     async def on_start(self) -> None:
         if self._recovered:
@@ -118,7 +120,11 @@ class SenseGroupActor(Actor[Tick]):
         start = trio.current_time()
         n = 0
         while not self.mailbox.closed:
-            self.tell_nowait(Tick(spec.name))
+            # A beat while this sense's last tick is still waiting or being
+            # computed is skipped: a slow sense neither runs back to back
+            # nor fills the mailbox its group's other senses need.
+            if spec.name not in self._due and self.tell_nowait(Tick(spec.name)):
+                self._due.add(spec.name)
             n += 1
             # Skip beats that already passed rather than firing them in a burst.
             now = trio.current_time()
@@ -126,6 +132,12 @@ class SenseGroupActor(Actor[Tick]):
             await trio.sleep_until(start + n * spec.every)
 
     async def handle(self, message: Tick) -> None:
+        try:
+            await self._compute(message)
+        finally:
+            self._due.discard(message.sense)
+
+    async def _compute(self, message: Tick) -> None:
         spec = self.specs[message.sense]
         sense = self.senses[spec.name]
         stream = sense_stream(self.group, spec.name)
