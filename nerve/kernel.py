@@ -145,8 +145,8 @@ class Kernel:
 
     async def handle(self, run_id: str) -> RunHandle:
         """A handle on an existing run (in flight, or ended: then resolved)."""
-        for actor in self.workflows.values():
-            live = actor.handles.get(run_id)
+        for live_actor in self.workflows.values():
+            live = live_actor.handles.get(run_id)
             if live is not None:
                 return live
         record = await self.queries.get(run_id)

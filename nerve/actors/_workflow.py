@@ -197,9 +197,7 @@ class WorkflowActor(Actor[Trigger]):
         if t.run_id in self.handles or t.run_id in self.running:
             # A run of this id is live: a second one would share its slot
             # and handle. (One that ended is refused by the log: NO_STREAM.)
-            t.handle._fail(
-                WrongExpectedVersion(run_stream(t.run_id), NO_STREAM, 1)
-            )
+            t.handle._fail(WrongExpectedVersion(run_stream(t.run_id), NO_STREAM, 1))
             return
         self.handles[t.run_id] = t.handle
         stream = run_stream(t.run_id)

@@ -30,7 +30,7 @@ from ._errors import (
     NerveError,
     WrongExpectedVersion,
 )
-from ._sqlite import map_error
+from ._sqlite import BUSY_TIMEOUT_MS, map_error
 from ._types import (
     EMPTY_META,
     NO_STREAM,
@@ -206,17 +206,56 @@ class LogWriter:
     ) -> list[AppendResult | BaseException]:
         """Write every request in one transaction; return each one's outcome.
 
+        The all-in-one, blocking form (for a worker thread). The log's writer
+        task uses the same steps split around the commit: `begin`,
+        `write`, then `commit` in a worker thread.
+
         Never raises for a single request's fault: that request's outcome is
         the exception. A fault of the whole transaction (disk full, I/O error)
         becomes every request's outcome, and nothing of the batch is written.
         """
-        conn = self.conn
-        blob_errors = self._store_blobs(requests)
+        blob_errors = self.store_blobs(requests)
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self.begin(wait=True)
         except apsw.Error as e:
             return [map_error(self.path, e)] * len(requests)
-        saved = (self.head, self.last_hash, self.last_ts, dict(self._versions))
+        saved = self.save()
+        outcomes = self.write(requests, blob_errors, saved)
+        if any(isinstance(o, AppendResult) for o in outcomes):
+            try:
+                self.commit()
+            except apsw.Error as e:
+                self.abort(saved)
+                return [map_error(self.path, e)] * len(requests)
+        return outcomes
+
+    def begin(self, *, wait: bool) -> None:
+        """``BEGIN IMMEDIATE``; without ``wait``, raise `apsw.BusyError` at once
+        if another process holds the write lock (the event loop must not
+        block on it: the caller retries with ``wait`` in a worker thread)."""
+        if wait:
+            self.conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            finally:
+                self.conn.set_busy_timeout(0)
+        else:
+            self.conn.execute("BEGIN IMMEDIATE")
+
+    def save(self) -> tuple[int, bytes, int]:
+        return self.head, self.last_hash, self.last_ts
+
+    def write(
+        self,
+        requests: Sequence[AppendRequest],
+        blob_errors: Mapping[AppendRequest, BaseException],
+        saved: tuple[int, bytes, int],
+    ) -> list[AppendResult | BaseException]:
+        """Stage and insert the batch inside the open transaction.
+
+        On a fault of the whole transaction, rolls back and returns that
+        fault as every request's outcome (then there is nothing to commit).
+        """
         try:
             self.refresh()
             if blob_errors:
@@ -224,21 +263,28 @@ class LogWriter:
                     [r for r in requests if r not in blob_errors]
                 )
                 it = iter(outcomes)
-                outcomes = [blob_errors.get(r) or next(it) for r in requests]
-            else:
-                outcomes = self._write_all(requests)
-            conn.execute("COMMIT")
+                return [blob_errors.get(r) or next(it) for r in requests]
+            return self._write_all(requests)
         except BaseException as e:
-            self._rollback()
-            self.head, self.last_hash, self.last_ts, self._versions = saved
-            self._data_version = -1
+            self.abort(saved)
             if not isinstance(e, Exception):
                 raise
             err = map_error(self.path, e) if isinstance(e, apsw.Error) else e
             return [err] * len(requests)
-        return outcomes
 
-    def _store_blobs(
+    def commit(self) -> None:
+        """``COMMIT``: the fsync. Blocking; the writer task runs it in a thread."""
+        self.conn.execute("COMMIT")
+
+    def abort(self, saved: tuple[int, bytes, int]) -> None:
+        """Roll back and forget what the batch did to the cached state."""
+        self._rollback()
+        self.head, self.last_hash, self.last_ts = saved
+        # A cache: cleared rather than copied before every batch.
+        self._versions.clear()
+        self._data_version = -1
+
+    def store_blobs(
         self, requests: Sequence[AppendRequest]
     ) -> dict[AppendRequest, BaseException]:
         """Move big payloads to the blob store, before the transaction.
@@ -277,7 +323,7 @@ class LogWriter:
         self, requests: Sequence[AppendRequest]
     ) -> list[AppendResult | BaseException]:
         conn = self.conn
-        start_state = (self.head, self.last_hash, self.last_ts, dict(self._versions))
+        start_state = self.save()
         outcomes, staged = self._stage_all(requests)
         if not staged:
             return outcomes
@@ -292,12 +338,13 @@ class LogWriter:
             conn.execute("ROLLBACK TO batch")
             conn.execute("RELEASE batch")
         # Slow path: one SAVEPOINT per request finds the culprit(s).
-        self.head, self.last_hash, self.last_ts, self._versions = start_state
+        self.head, self.last_hash, self.last_ts = start_state
+        self._versions.clear()  # reloaded from the rolled-back database
         outcomes = []
         for request in requests:
             # The state before staging: a refused request must give its
             # positions (and its place in the hash chain) back.
-            state = (self.head, self.last_hash, self.last_ts, dict(self._versions))
+            state = self.save()
             one_outcomes, one_staged = self._stage_all([request])
             if not one_staged:
                 outcomes.extend(one_outcomes)
@@ -312,7 +359,8 @@ class LogWriter:
             except Exception as e:
                 conn.execute("ROLLBACK TO one")
                 conn.execute("RELEASE one")
-                self.head, self.last_hash, self.last_ts, self._versions = state
+                self.head, self.last_hash, self.last_ts = state
+                self._versions.clear()
                 outcomes.append(
                     map_error(self.path, e) if isinstance(e, apsw.Error) else e
                 )
@@ -481,7 +529,7 @@ class LogWriter:
             for schema, path in (attach or {}).items():
                 conn.execute("ATTACH DATABASE ? AS " + _quote(schema), (str(path),))
                 attached.append(schema)
-            conn.execute("BEGIN IMMEDIATE")
+            self.begin(wait=True)
         except apsw.Error as e:
             self._detach(attached)
             raise map_error(self.path, e) from e
