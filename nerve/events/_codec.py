@@ -46,6 +46,8 @@ class EventClass:
     flat: bool = False
     """Every field holds plain JSON values: a stored payload (validated when it
     was appended) can be passed to the class as keywords, skipping cattrs."""
+    names: tuple[str, ...] = ()
+    """The field names, for encoding a flat class without cattrs."""
 
 
 class EventRegistry:
@@ -136,7 +138,9 @@ class EventRegistry:
                 f"{cls.__qualname__} is already registered as "
                 f"{self._by_cls[cls].type!r}"
             )
-        entry = EventClass(type, cls, version, ups, _is_flat(cls))
+        flat = _is_flat(cls)
+        names = tuple(f.name for f in attrs.fields(cls)) if flat else ()
+        entry = EventClass(type, cls, version, ups, flat, names)
         self._by_type[type] = entry
         self._by_cls[cls] = entry
         return cls
@@ -218,6 +222,15 @@ class EventRegistry:
                 f"event {type!r}: data must be a {entry.cls.__qualname__} or a "
                 f"mapping, not {data.__class__.__qualname__}"
             )
+        if entry.flat:
+            # orjson takes the field values as they are; anything it does not
+            # take as is (a set, bytes, int keys...) goes through cattrs, which
+            # normalises it the same way for every event of the class.
+            try:
+                raw = {name: getattr(obj, name) for name in entry.names}
+                return _encode_json(type, "data", raw), entry.version, obj
+            except TypeError:
+                pass
         try:
             raw = self.converter.unstructure(obj, entry.cls)
         except Exception as e:
