@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import random
 import sys
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -227,7 +228,7 @@ class Child:
                     # By the real clock every fake day is old, the one the
                     # appenders are still writing to included.
                     emit("archiving")
-                    days = await self.log.archive()
+                    days = await self.log.archive(now=time.time())
                 else:
                     emit("archiving")
                     days = await self.log.archive(ARCHIVE_AGE, now=clock.now)

@@ -8,6 +8,12 @@ with the file's checksum. A crash between the two leaves the rows in the hot
 table and an identical file is written again by the next run: nothing is lost
 or duplicated.
 
+A day is archived only once the log has left it (a later event exists, or the
+log's clock is past the day's end), and the watermark records the end of the
+archived day: later events, even from a clock that went back, are stamped
+after it, so an archived day never gets more events and its file is written
+once.
+
 Each line is one event as stored, payload and meta kept as the exact JSON text
 that the hash chain covers, so an archived day verifies like the hot table.
 """
