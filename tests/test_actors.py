@@ -294,7 +294,9 @@ async def test_a_failing_actor_restarts_with_exponential_backoff(
         actor.tell_nowait("a")
         actor.tell_nowait("b")
         actor.stop()
-    gaps = [round(b - a, 6) for a, b in zip(actor.starts, actor.starts[1:])]
+    gaps = [
+        round(b - a, 6) for a, b in zip(actor.starts, actor.starts[1:], strict=False)
+    ]
     assert gaps == [0.1, 0.2, 0.4, 0.8, 1.6]
     assert actor.seen == ["a", "b"]
     assert actor.statistics().restarts == 5
@@ -309,7 +311,9 @@ async def test_the_backoff_is_capped_at_max_backoff(
         for _ in range(4):
             actor.tell_nowait("boom")
         actor.stop()
-    gaps = [round(b - a, 6) for a, b in zip(actor.starts, actor.starts[1:])]
+    gaps = [
+        round(b - a, 6) for a, b in zip(actor.starts, actor.starts[1:], strict=False)
+    ]
     assert gaps == [1, 2, 3, 3]
 
 
@@ -346,7 +350,9 @@ async def test_failures_outside_the_window_are_forgotten(
         actor.stop()
     assert actor.statistics().restarts == 4
     # The backoff restarts from its first step once the failures are forgotten.
-    gaps = [round(b - a, 6) for a, b in zip(actor.starts, actor.starts[1:])]
+    gaps = [
+        round(b - a, 6) for a, b in zip(actor.starts, actor.starts[1:], strict=False)
+    ]
     assert gaps == [0.1, 10.0, 10.0, 10.0]
 
 
@@ -452,14 +458,20 @@ async def test_an_escalating_actor_shuts_the_kernel_down_cleanly(
 
     monkeypatch.setattr(WorkflowActor, "admit", admit)
     broken: list[nerve.RunHandle] = []
-    with pytest.raises(ActorFailed, match=r"workflow:w.*Boom: the actor broke"):
+    handles: list[nerve.RunHandle] = []
+
+    async def body() -> None:
         async with nerve.open_kernel(app, tmp_path, grace=5) as kernel:
-            running = await kernel.trigger("w")
+            handles.append(await kernel.trigger("w"))
             await entered.wait()
             for _ in range(6):  # the default limit is 5 restarts
-                broken.append(await kernel.trigger("w", "boom"))
+                broken.append(await kernel.trigger("w", "boom"))  # noqa: PERF401
             # (Not a long sleep: virtual time races ahead while the log writes.)
             await trio.sleep_forever()
+
+    with pytest.raises(ActorFailed, match=r"workflow:w.*Boom: the actor broke"):
+        await body()
+    (running,) = handles
     # The triggers whose handling failed know it.
     for handle in broken:
         with pytest.raises(Boom):

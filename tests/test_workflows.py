@@ -735,3 +735,28 @@ async def test_runs_waiting_to_resume_do_not_count_against_max_queue(
         gates.release("s0", "s1", "s2", "b", "c")
         assert [(await h.wait()).status for h in (b, c)] == ["completed"] * 2
     assert gates.order == ["s0", "s1", "s2", "b", "c"]
+
+
+async def test_a_duplicate_of_a_crashed_run_does_not_restart_it(
+    tmp_path: Path,
+) -> None:
+    await simulate_crash(tmp_path, "w", [("s1", "started", {"k": "s1"})])
+    gates = Gates()
+    app = gated_app(gates, concurrency=1, overflow="queue", resume=False)
+    async with nerve.open_kernel(app, tmp_path) as kernel:
+        first = await kernel.trigger("w", {"k": "a"})
+        await gates.entered["a"].wait()
+        # Queued behind "a": its queued event is refused (the stream exists),
+        # and so must be its started event once a slot frees.
+        dup = await kernel.trigger("w", {"k": "dup"}, run_id="s1")
+        gates.release("a", "dup")
+        assert (await first.wait()).status == "completed"
+        with pytest.raises(nerve.WrongExpectedVersion):
+            await dup.wait()
+        await durable(kernel)
+        record = await kernel.run("s1")
+        assert record is not None
+        assert record.status == "crashed"
+        assert await lifecycle(kernel.log, "s1") == ["queued", "started", "crashed"]
+        assert kernel.workflows["w"].statistics().running == 0
+    assert gates.order == ["a"]
