@@ -121,6 +121,7 @@ class LogWriter:
         self.last_hash = GENESIS
         self.last_ts = 0
         self._versions: dict[str, int] = {}
+        self._batch_first = 1
         self._data_version = -1
 
     # -- state ------------------------------------------------------------------
@@ -243,6 +244,7 @@ class LogWriter:
             self.conn.execute("BEGIN IMMEDIATE")
 
     def save(self) -> tuple[int, bytes, int]:
+        """The state to restore if the batch fails."""
         return self.head, self.last_hash, self.last_ts
 
     def write(
@@ -258,6 +260,7 @@ class LogWriter:
         """
         try:
             self.refresh()
+            self._batch_first = self.head + 1  # what `commit` indexes
             if blob_errors:
                 outcomes = self._write_all(
                     [r for r in requests if r not in blob_errors]
@@ -273,8 +276,25 @@ class LogWriter:
             return [err] * len(requests)
 
     def commit(self) -> None:
-        """``COMMIT``: the fsync. Blocking; the writer task runs it in a thread."""
-        self.conn.execute("COMMIT")
+        """Index the batch for full-text search, then ``COMMIT`` (the fsync).
+
+        Blocking; the writer task runs it in a worker thread. The full-text
+        indexing is one statement of C work (no GIL): done here, it runs on
+        the second core while the event loop prepares the next batch.
+        """
+        conn = self.conn
+        if self.fts and self.head >= self._batch_first:
+            conn.execute(
+                "INSERT INTO logs_fts (rowid, type, stream, payload) "
+                "SELECT position, type, stream, payload FROM logs_text "
+                "WHERE position BETWEEN ? AND ?",
+                (self._batch_first, self.head),
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('fts.position', ?)",
+                (str(self.head),),
+            )
+        conn.execute("COMMIT")
 
     def abort(self, saved: tuple[int, bytes, int]) -> None:
         """Roll back and forget what the batch did to the cached state."""
@@ -485,18 +505,6 @@ class LogWriter:
         ]
         if keyed:
             conn.executemany("INSERT INTO idempotency VALUES (?,?,?,?,?)", keyed)
-        first = staged[0].result.first_position
-        last = staged[-1].result.last_position
-        if self.fts:
-            conn.execute(
-                "INSERT INTO logs_fts (rowid, type, stream, payload) "
-                "SELECT position, type, stream, payload FROM logs_text "
-                "WHERE position BETWEEN ? AND ?",
-                (first, last),
-            )
-            conn.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('fts.position', ?)", (str(last),)
-            )
         if self.hooks:
             recorded = [
                 RecordedEvent(

@@ -31,6 +31,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Final, Protocol, runtime_checkable
 
+import numpy as np
+import numpy.typing as npt
+
 __all__ = ["Embedder", "HashingEmbedder", "SentenceTransformerEmbedder"]
 
 
@@ -90,16 +93,28 @@ _STOPWORDS: Final = frozenset(
     ]
 )
 _WORD, _PART, _GRAM = 3, 2, 1
-_FIELD_BITS = 16
-# A field holds 2*count - total + 2**15 and must stay within 16 bits.
-_MAX_TOTAL = (1 << (_FIELD_BITS - 1)) - 1
-# Each byte of a feature's hash becomes 8 fields of 0 or 1.
-_SPREAD: Final = tuple(
-    b"".join(((byte >> bit) & 1).to_bytes(2, "little") for bit in range(8))
-    for byte in range(256)
-)
 _EMPTY_FEATURE = "\x00empty"
 _GRAM_CACHE = 32_768
+_BATCH = 256
+"""Texts whose tokens are resolved together (bounds temporary arrays)."""
+_PADDED_TOKENS = 512
+"""Texts with at most this many distinct tokens are summed side by side."""
+_PADDED = 96
+"""Tokens with at most this many features are summed side by side."""
+_COMPUTE = 512
+"""New tokens whose patterns are computed at once (bounds temporary arrays)."""
+_INT8_TOTAL = 128
+"""Tokens whose total weight is below this (all but very long ones) have
+patterns that fit int8: those are cached."""
+# A stop word is skipped whatever its case: every casing of each, precomputed,
+# so a text's stop words are one set intersection away.
+_STOP_CASINGS: Final = frozenset(
+    "".join(c.upper() if (mask >> i) & 1 else c for i, c in enumerate(word))
+    for word in _STOPWORDS
+    for mask in range(1 << len(word))
+)
+# Exact int64 sums of squares need |coordinates| < 2**26 (384 * 2**52 < 2**63).
+_EXACT_SQUARES = 1 << 26
 
 
 class HashingEmbedder:
@@ -109,16 +124,18 @@ class HashingEmbedder:
         dimension: vector length, a multiple of 8 (default 384).
         token_cache: how many distinct tokens keep their computed pattern.
             Text follows Zipf's law, so a few thousand cover most words;
-            each entry takes about ``dimension * 2`` bytes.
+            each entry takes about ``dimension`` bytes (plus ~100).
 
-    All arithmetic is on integers until the final normalisation, which makes
-    the vectors identical on every platform. Summing the patterns is done
-    with one big integer holding all the dimensions' counters side by side
-    (16 bits each), so adding a token costs one addition, not one per
-    dimension.
+    All arithmetic is exact integer arithmetic until the final normalisation
+    (one correctly rounded square root and one multiplication per coordinate,
+    in float64), which makes the vectors identical on every platform and in
+    any batch. The work is done by numpy, a batch of texts at a time: each
+    distinct token's pattern (the weighted sum of its features' ±1 patterns)
+    is computed once and cached; the texts' vectors are then small matrix
+    products of (text x token) weights and the tokens' patterns.
     """
 
-    def __init__(self, dimension: int = 384, *, token_cache: int = 16_384) -> None:
+    def __init__(self, dimension: int = 384, *, token_cache: int = 32_768) -> None:
         if dimension < 8 or dimension % 8:
             raise ValueError(
                 f"dimension must be a positive multiple of 8, got {dimension}"
@@ -126,21 +143,24 @@ class HashingEmbedder:
         if token_cache < 0:
             raise ValueError(f"token_cache must be >= 0, got {token_cache}")
         self._dimension = dimension
-        self._nbytes = dimension * _FIELD_BITS // 8
-        self._ones = int.from_bytes(b"\x01\x00" * dimension, "little")
-        self._signs = int.from_bytes(b"\x00\x80" * dimension, "little")
         self._cache_size = token_cache
         # Two generations approximate an LRU cheaply: hits in the old one are
-        # promoted; when the new one fills up, the old one is dropped.
-        self._young: dict[str, tuple[int, int]] = {}
-        self._old: dict[str, tuple[int, int]] = {}
-        self._grams: dict[str, int] = {}
+        # promoted; when the new one fills up, the old one is dropped. Values
+        # are a token's pattern then its total weight, as int8 bytes (tokens
+        # whose total reaches 128, a few very long ones, are not cached).
+        self._young: dict[str, bytes] = {}
+        self._old: dict[str, bytes] = {}
+        # Trigrams recur across words: their hash digests are cached too.
+        self._grams: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self.texts_embedded = 0
 
     @property
     def name(self) -> str:
-        return f"hashing-v1-{self._dimension}"
+        # v2: v1's features and patterns, summed exactly (v1's 16-bit
+        # counters could overflow on tokens of ~10k characters) and
+        # normalised by a correctly rounded square root.
+        return f"hashing-v2-{self._dimension}"
 
     @property
     def dimension(self) -> int:
@@ -151,111 +171,234 @@ class HashingEmbedder:
 
     def embed(self, texts: Sequence[str]) -> list[array.array[float]]:
         """L2-normalised float32 vectors (`array.array` of type ``f``)."""
+        matrix = self.embed_matrix(texts)
+        return [array.array("f", row.tobytes()) for row in matrix]
+
+    def embed_matrix(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """The vectors of ``texts`` as the rows of a float32 matrix."""
         if isinstance(texts, str):
             raise TypeError("embed takes a sequence of texts, not one string")
+        out = np.empty((len(texts), self._dimension), dtype=np.float32)
         with self._lock:
-            out = [self._embed_one(t) for t in texts]
-            self.texts_embedded += len(out)
+            for i in range(0, len(texts), _BATCH):
+                part = texts[i : i + _BATCH]
+                out[i : i + len(part)] = self._embed_batch(part)
+            self.texts_embedded += len(texts)
         return out
 
     # -- internals ------------------------------------------------------------
 
-    def _pattern(self, feature: str) -> int:
-        digest = hashlib.shake_128(feature.encode()).digest(self._dimension // 8)
-        return int.from_bytes(b"".join([_SPREAD[b] for b in digest]), "little")
+    def _embed_batch(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        # Each text's distinct tokens (as rows of the batch's token table)
+        # and their counts.
+        slots: dict[str, int] = {}
+        slot = slots.setdefault
+        rows: list[int] = []
+        tfs: list[int] = []
+        starts: list[int] = []
+        for text in texts:
+            counts = Counter(_TOKEN.findall(text))
+            stops = counts.keys() & _STOP_CASINGS
+            if stops:
+                if len(stops) == len(counts):
+                    # Only stop words: the last one stays (as in v1).
+                    last = next(reversed(counts))
+                    counts = Counter({last: counts[last]})
+                else:
+                    for word in stops:
+                        del counts[word]
+            if not counts:
+                counts = Counter({_EMPTY_FEATURE: 1})
+            starts.append(len(rows))
+            rows.extend([slot(t, len(slots)) for t in counts])
+            tfs.extend(counts.values())
+        starts.append(len(rows))
+        table, totals = self._patterns(list(slots))
+        return self._sum(table, totals, rows, tfs, starts)
 
-    def _token(self, token: str) -> tuple[int, int]:
-        """(summed patterns, total weight) of one token's features."""
-        hit = self._young.get(token)
-        if hit is not None:
-            return hit
-        hit = self._old.pop(token, None)
-        if hit is None:
-            hit = self._features(token)
-        if self._cache_size:
-            if len(self._young) >= self._cache_size:
-                self._old, self._young = self._young, {}
-            self._young[token] = hit
-        return hit
+    def _sum(
+        self,
+        table: npt.NDArray[np.integer[Any]],
+        totals: npt.NDArray[np.int64],
+        rows: list[int],
+        tfs: list[int],
+        starts: list[int],
+    ) -> npt.NDArray[np.float32]:
+        """Normalised sums of each text's token patterns times their gains.
 
-    def _features(self, token: str) -> tuple[int, int]:
-        low = token.lower()
-        weights: dict[str, int] = {"w" + low: _WORD}
-        parts = [p.lower() for p in _PARTS.findall(token)]
-        if len(parts) > 1:
-            for p in parts:
-                weights["w" + p] = weights.get("w" + p, 0) + _PART
-        for p in parts or [low]:
-            if p.isdigit() or len(p) > 40:
-                continue  # numbers and hashes: the word itself is enough
-            padded = f"<{p}>"
-            for i in range(len(padded) - 2):
-                gram = "g" + padded[i : i + 3]
-                weights[gram] = weights.get(gram, 0) + _GRAM
-        total = 0
-        acc = 0
+        ``table`` holds the tokens' patterns and a last row of zeros.
+        """
+        n, d = len(starts) - 1, self._dimension
+        index = np.array(rows, dtype=np.intp)
+        # 1 + floor(log2(tf)): the binary exponent of tf, exactly.
+        gain = np.frexp(np.array(tfs, dtype=np.float64))[1].astype(np.int64)
+        bounds = np.array(starts, dtype=np.intp)
+        count = np.diff(bounds)
+        # The largest |coordinate| a text can reach: the sum of its weights.
+        reach = int(np.add.reduceat(totals[index] * gain, bounds[:-1]).max())
+        kind = np.int16 if reach < 1 << 15 else np.int64
+        # Texts by falling token count: at step k, the first ``live`` texts
+        # have a k-th token, so each step is one gather and add (no BLAS:
+        # its threads only contend on products this small).
+        order = np.argsort(-count, kind="stable")
+        short = order[count[order] <= _PADDED_TOKENS]
+        sums = np.empty((n, d), dtype=np.int64)
+        if len(short):
+            have = count[short]
+            width = int(have[0])
+            filled = np.arange(width) < have[:, None]
+            picked = (bounds[short][:, None] + np.arange(width))[filled]
+            slot = np.full((len(short), width), len(table) - 1, dtype=np.intp)
+            slot[filled] = index[picked]
+            times = np.zeros((len(short), width), dtype=kind)
+            times[filled] = gain[picked]
+            narrow = table.astype(kind, copy=False)
+            acc = np.zeros((len(short), d), dtype=kind)
+            repeated = bool((gain > 1).any())
+            for k in range(width):
+                live = int(np.searchsorted(-have, -k, side="left"))
+                if repeated:
+                    acc[:live] += narrow[slot[:live, k]] * times[:live, k, None]
+                else:
+                    acc[:live] += narrow[slot[:live, k]]
+            sums[short] = acc
+        for t in order[count[order] > _PADDED_TOKENS]:
+            lo, hi = bounds[t], bounds[t + 1]
+            part = table[index[lo:hi]].astype(np.int64)
+            sums[t] = (part * gain[lo:hi, None]).sum(axis=0)
+        if reach < _EXACT_SQUARES:
+            norms = np.sqrt(np.einsum("ij,ij->i", sums, sums).astype(np.float64))
+        else:  # pragma: no cover - texts of tens of millions of characters
+            norms = np.array(
+                [math.sqrt(sum(v * v for v in row)) for row in sums.tolist()]
+            )
+        with np.errstate(divide="ignore"):
+            scale = np.where(norms > 0, 1.0 / norms, 0.0)
+        return (sums.astype(np.float64) * scale[:, None]).astype(np.float32)
+
+    def _patterns(
+        self, tokens: list[str]
+    ) -> tuple[npt.NDArray[np.integer[Any]], npt.NDArray[np.int64]]:
+        """The tokens' summed ±1 patterns (rows, then a row of zeros) and
+        their total weights."""
+        d = self._dimension
+        young, old = self._young, self._old
+        found = [young.get(t) for t in tokens]
+        missing: list[int] = []
+        for i, data in enumerate(found):
+            if data is None:
+                data = old.pop(tokens[i], None)
+                if data is None:
+                    missing.append(i)
+                else:
+                    found[i] = data
+                    self._remember(tokens[i], data)
+        fresh: npt.NDArray[np.int32] | None = None
+        big: list[int] = []
+        if missing:
+            fresh = np.concatenate(
+                [
+                    self._compute([tokens[i] for i in missing[j : j + _COMPUTE]])
+                    for j in range(0, len(missing), _COMPUTE)
+                ]
+            )
+            cached = fresh.astype(np.int8)
+            for j, i in enumerate(missing):
+                data = cached[j].tobytes()
+                if fresh[j, d] < _INT8_TOTAL:
+                    found[i] = data
+                    if self._cache_size:
+                        self._remember(tokens[i], data)
+                else:  # a long token: not cached, and wider than int8
+                    found[i] = bytes(d + 1)
+                    big.append(j)
+        found.append(bytes(d + 1))
+        raw = np.frombuffer(b"".join(found), dtype=np.int8)  # type: ignore[arg-type]
+        table: npt.NDArray[np.integer[Any]] = raw.reshape(len(found), d + 1)
+        if big:
+            assert fresh is not None
+            table = table.astype(np.int64)
+            table[[missing[j] for j in big]] = fresh[big]
+        return table[:, :d], table[:-1, d].astype(np.int64)
+
+    def _remember(self, token: str, data: bytes) -> None:
+        if len(self._young) >= self._cache_size:
+            self._old, self._young = self._young, {}
+        self._young[token] = data
+
+    def _compute(self, tokens: list[str]) -> npt.NDArray[np.int32]:
+        """Patterns of tokens not in the cache, then their total weights."""
+        features: list[str] = []
+        weights: list[int] = []
+        counts: list[int] = []
+        for token in tokens:
+            n = len(weights)
+            _features(token, features, weights)
+            counts.append(len(weights) - n)
         grams = self._grams
-        for feature, w in weights.items():
-            if feature[0] == "g":
-                # Trigrams recur across words: their patterns are cached too.
-                pattern = grams.get(feature)
-                if pattern is None:
-                    if len(grams) >= _GRAM_CACHE:
-                        grams.clear()
-                    pattern = grams[feature] = self._pattern(feature)
-            else:
-                pattern = self._pattern(feature)
-            acc += w * pattern
-            total += w
-        return acc, total
+        digest = self._digest
+        digests = [grams.get(f) or digest(f) for f in features]
+        raw = np.frombuffer(b"".join(digests), dtype=np.uint8)
+        # Bit j of byte i of a feature's digest is its pattern's sign at
+        # dimension 8i + j (1: +1, 0: -1). A feature's row is repeated as
+        # many times as its weight, so the sums below are plain additions.
+        weight = np.array(weights, dtype=np.intp)
+        bits = np.unpackbits(raw.reshape(len(features), -1), axis=1, bitorder="little")
+        if (weight > 1).any():
+            bits = bits[np.repeat(np.arange(len(features)), weight)]
+        # A token's rows are consecutive; its total weight is their number.
+        count = np.array(counts, dtype=np.intp)
+        ends = np.cumsum(weight)[np.cumsum(count) - 1]
+        total = np.diff(ends, prepend=0)
+        start = np.cumsum(total) - total
+        ones = np.zeros((len(tokens), self._dimension), dtype=np.int32)
+        # Tokens by falling feature count: at step k, the first ``live``
+        # tokens have a k-th feature, so each step is one gather and add.
+        order = np.argsort(-total, kind="stable")
+        short = order[total[order] <= _PADDED]
+        if len(short):
+            first, have = start[short], total[short]
+            acc = np.zeros((len(short), self._dimension), dtype=np.int16)
+            for k in range(int(have[0])):
+                live = int(np.searchsorted(-have, -k, side="left"))
+                acc[:live] += bits[first[:live] + k]
+            ones[short] = acc
+        for t in order[total[order] > _PADDED]:
+            lo, hi = start[t], start[t] + total[t]
+            ones[t] = bits[lo:hi].sum(axis=0, dtype=np.int32)
+        # sum of w * (2 * bit - 1) = 2 * (sum of w * bit) - (sum of w)
+        out = np.empty((len(tokens), self._dimension + 1), dtype=np.int32)
+        out[:, :-1] = 2 * ones - total[:, None]
+        out[:, -1] = total
+        return out
 
-    def _embed_one(self, text: str) -> array.array[float]:
-        counts = Counter(_TOKEN.findall(text))
-        if len(counts) > 1:
-            for word in [t for t in counts if t.lower() in _STOPWORDS]:
-                if len(counts) > 1:
-                    del counts[word]
-        if not counts:
-            counts = Counter({_EMPTY_FEATURE: 1})
-        acc = 0
-        total = 0
-        spill: list[int] | None = None
-        for token, tf in counts.items():
-            pattern, weight = self._token(token)
-            g = tf.bit_length()  # 1 + floor(log2(tf))
-            if total + g * weight > _MAX_TOTAL:
-                # Rare (very long texts): move the counters out before the
-                # 16-bit fields overflow into each other.
-                spill = self._spill(acc, total, spill)
-                acc = total = 0
-            acc += g * pattern
-            total += g * weight
-        if spill is None:
-            values: Sequence[int] = self._signed(acc, total)
-        else:
-            values = self._spill(acc, total, spill)
-        norm = math.hypot(*values)
-        scale = 1.0 / norm if norm else 0.0
-        return array.array("f", [v * scale for v in values])
+    def _digest(self, feature: str) -> bytes:
+        digest = hashlib.shake_128(feature.encode()).digest(self._dimension // 8)
+        if feature[0] == "g":
+            grams = self._grams
+            if len(grams) >= _GRAM_CACHE:
+                grams.clear()
+            grams[feature] = digest
+        return digest
 
-    def _signed(self, acc: int, total: int) -> array.array[int]:
-        """Per dimension, 2 * count - total: the sum of the ±1 patterns."""
-        # Bias each field by 2**15 so it stays non-negative, then flip the
-        # top bit: the 16-bit fields read as two's complement are the sums.
-        biased = (
-            2 * acc + ((1 << (_FIELD_BITS - 1)) - total) * self._ones
-        ) ^ self._signs
-        values = array.array("h")
-        values.frombytes(biased.to_bytes(self._nbytes, "little"))
-        if values.itemsize != 2:  # pragma: no cover - every platform has 16-bit h
-            raise RuntimeError("array('h') is not 16 bits on this platform")
-        return values
 
-    def _spill(self, acc: int, total: int, into: list[int] | None) -> list[int]:
-        part = self._signed(acc, total)
-        if into is None:
-            return list(part)
-        return [a + b for a, b in zip(into, part, strict=True)]
+def _features(token: str, features: list[str], weights: list[int]) -> None:
+    """Append a token's features and their weights: the word, its identifier
+    parts (``snake_case`` / ``camelCase``) and their character trigrams. A
+    feature may come more than once: its weights add up."""
+    low = token.lower()
+    features.append("w" + low)
+    weights.append(_WORD)
+    parts = [p.lower() for p in _PARTS.findall(token)]
+    if len(parts) > 1:
+        features.extend(["w" + p for p in parts])
+        weights.extend([_PART] * len(parts))
+    for p in parts or [low]:
+        if p.isdigit() or len(p) > 40:
+            continue  # numbers and hashes: the word itself is enough
+        padded = f"<{p}>"
+        features.extend(["g" + padded[i : i + 3] for i in range(len(padded) - 2)])
+        weights.extend([_GRAM] * (len(padded) - 2))
 
 
 class SentenceTransformerEmbedder:
