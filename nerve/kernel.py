@@ -52,6 +52,7 @@ from nerve.events._vocabulary import (
     TriggerRequested,
     run_stream,
 )
+from nerve.knowledge import Embedder, Knowledge, open_knowledge
 from nerve.projections import (
     ProjectionRunner,
     ProjectionStatistics,
@@ -95,6 +96,8 @@ class Kernel:
         self.projections: dict[str, ProjectionRunner] = {}
         self.closing = False
         self._inline: InlineProjection | None = None
+        self.knowledge: Knowledge | None = None
+        """The knowledge store (None when opened with ``knowledge=False``)."""
 
     @property
     def data_dir(self) -> os.PathLike[str]:
@@ -198,7 +201,8 @@ class Kernel:
             log=self.log.statistics(),
             workflows=tuple(a.statistics() for a in self.workflows.values()),
             senses=tuple(a.statistics() for a in self.senses.values()),
-            projections=tuple(p.statistics() for p in self.projections.values()),
+            projections=tuple(p.statistics() for p in self.projections.values())
+            + ((self.knowledge.runner.statistics(),) if self.knowledge else ()),
         )
 
     # -- lifecycle --------------------------------------------------------------------
@@ -329,6 +333,8 @@ async def open_kernel(
     data_dir: str | os.PathLike[str] = "data",
     *,
     grace: float = DEFAULT_GRACE,
+    knowledge: bool = True,
+    embedder: Embedder | None = None,
     **log_options: Any,
 ) -> AsyncIterator[Kernel]:
     """Run ``app``'s workflows and senses on the log in ``data_dir``.
@@ -338,6 +344,10 @@ async def open_kernel(
         data_dir: the data directory (created if missing).
         grace: seconds running runs get to finish at shutdown before they
             are cancelled and recorded ``interrupted``.
+        knowledge: run the knowledge store (``kernel.knowledge``:
+            ``knowledge.db``, folded from ``knowledge.file.*`` events).
+        embedder: the knowledge store's embedder (default: the built-in
+            dependency-free `HashingEmbedder`).
         log_options: passed to `open_log` (``fts``, ``clock``...).
 
     Raises:
@@ -347,9 +357,17 @@ async def open_kernel(
     """
     app.validate()
     log_options.setdefault("source", "kernel")
-    async with open_log(data_dir, **log_options) as log:
+    async with (
+        open_log(data_dir, **log_options) as log,
+        contextlib.AsyncExitStack() as stack,
+    ):
         kernel = Kernel(app, log, grace)
         kernel._inline = await attach_inline(log, WorkflowRuns())
+        if knowledge:
+            # Opened before the actors and closed after them: runs may index.
+            kernel.knowledge = await stack.enter_async_context(
+                open_knowledge(log, embedder=embedder)
+            )
         with single_error():
             async with trio.open_nursery() as nursery:
                 try:

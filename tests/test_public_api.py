@@ -77,3 +77,19 @@ def test_layers_import_one_way() -> None:
                 assert sub not in {"kernel", "cli", "aio", "config"}, (
                     f"{path} imports {mod}"
                 )
+
+
+def test_the_knowledge_store_sits_at_the_projection_level() -> None:
+    for path in (PACKAGE / "knowledge").rglob("*.py"):
+        for mod in _imports(path):
+            sub = mod.split(".")[1] if "." in mod else ""
+            assert sub in {"", "events", "projections", "knowledge"}, (
+                f"{path} imports {mod}"
+            )
+
+
+def test_projections_and_events_do_not_import_the_knowledge_store() -> None:
+    for layer in ("events", "projections"):
+        for path in (PACKAGE / layer).rglob("*.py"):
+            for mod in _imports(path):
+                assert not mod.startswith("nerve.knowledge"), f"{path} imports {mod}"
