@@ -174,6 +174,11 @@ class Log:
         self._jobs: deque[tuple[Callable[[apsw.Connection], Any], _JobSlot]] = deque()
         self._changed = trio.Event()
         self._head = writer.head
+        # Where events of unknown types (from other processes, or from before
+        # this process opened the log) end, and the last position of each
+        # type this process appended: filtered readers wake on those only.
+        self._foreign_head = writer.head
+        self._type_heads: dict[str, int] = {}
         self._closed = False
         self._writer_done = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -394,6 +399,7 @@ class Log:
                     r.taken = True
                 outcomes = await self._write(batch)
                 written = 0
+                type_heads = self._type_heads
                 for r, outcome in zip(batch, outcomes, strict=True):
                     r.outcome = outcome
                     r.done.set()
@@ -402,6 +408,8 @@ class Log:
                             written += (
                                 outcome.last_position - outcome.first_position + 1
                             )
+                            for ev in r.events:
+                                type_heads[ev.type] = outcome.last_position
                     else:
                         self._rejected += 1
                 self._batches += 1
@@ -411,6 +419,9 @@ class Log:
                 self._max_batch = max(self._max_batch, len(batch))
                 if written:
                     self._events += written
+                    if writer.head != self._head + written:
+                        # The batch also found other processes' events.
+                        self._foreign_head = writer.head
                     self._advance(writer.head)
         finally:
             self._writer_done.set()
@@ -459,6 +470,7 @@ class Log:
         except Exception as e:
             slot.error = e
         slot.done.set()
+        self._foreign_head = max(self._foreign_head, self._writer.head)
         self._advance(self._writer.head)
 
     async def write_job(
@@ -600,9 +612,26 @@ class Log:
         """
         return EventReader(self, after, stream, types, follow=True)
 
-    async def _wait_past(self, position: int) -> bool:
-        """Wait until the head moves past ``position``; False if the log closed."""
-        while self._head <= position:
+    def _moved_past(self, position: int, types: tuple[str, ...] | None) -> bool:
+        """Whether events a reader wants may lie past ``position``.
+
+        A reader of some types only is woken by appends of those types (the
+        writer knows each batch's types) or by events of other processes,
+        whose types it does not know; not by every batch of the log.
+        """
+        if self._head <= position:
+            return False
+        if types is None or self._foreign_head > position:
+            return True
+        heads = self._type_heads
+        return any(heads.get(t, 0) > position for t in types)
+
+    async def _wait_past(
+        self, position: int, types: tuple[str, ...] | None = None
+    ) -> bool:
+        """Wait until events past ``position`` (of ``types``) may exist;
+        False if the log closed."""
+        while not self._moved_past(position, types):
             if self._closed:
                 return False
             changed = self._changed
@@ -629,6 +658,7 @@ class Log:
                 if dv != last:
                     last = dv
                     if head > self._head:
+                        self._foreign_head = head
                         self._advance(head)
                 await trio.sleep(self.watch_interval)
         finally:
@@ -1013,7 +1043,7 @@ class EventReader:
                 continue
             if not self._follow:
                 return False
-            if not await log._wait_past(self._after):
+            if not await log._wait_past(self._after, self._types):
                 return False
 
     def _page(

@@ -43,6 +43,18 @@ from ._build import build, copy_in, temporary_db
 T = TypeVar("T")
 
 
+async def _wait_any(*events: trio.Event) -> None:
+    """Wait until one of ``events`` is set."""
+    async with trio.open_nursery() as nursery:
+
+        async def wait(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        for event in events:
+            nursery.start_soon(wait, event)
+
+
 class ProjectionRecoveredWarning(UserWarning):
     """A projection database was unusable; it was moved aside and rebuilt."""
 
@@ -78,6 +90,7 @@ class ProjectionRunner:
         self._batches = 0
         self._rebuilds = 0
         self._rebuilding = False
+        self._following = False
         self._progress = trio.Event()
 
     # -- state ------------------------------------------------------------------
@@ -87,14 +100,28 @@ class ProjectionRunner:
         """The last position folded (or scanned past)."""
         return self._position
 
+    def _effective_position(self) -> int:
+        """How far the model is current: its position, or the head when the
+        events since are of types it does not fold (a filtered subscription
+        is not woken by those, so its position does not move over them)."""
+        types = tuple(self.projection.types) if self.projection.types else None
+        if (
+            self._following
+            and not self._rebuilding
+            and not self.log._moved_past(self._position, types)
+        ):
+            return max(self._position, self.log.head)
+        return self._position
+
     def statistics(self) -> ProjectionStatistics:
-        head = max(self.log.head, self._position)
+        position = self._effective_position()
+        head = max(self.log.head, position)
         return ProjectionStatistics(
             name=self.projection.name,
             version=self.projection.version,
-            position=self._position,
+            position=position,
             head=head,
-            lag=head - self._position,
+            lag=head - position,
             events=self._events,
             batches=self._batches,
             rebuilds=self._rebuilds,
@@ -103,8 +130,8 @@ class ProjectionRunner:
 
     async def wait_for(self, position: int) -> None:
         """Wait until the projection has folded everything up to ``position``."""
-        while self._position < position:
-            await self._progress.wait()
+        while self._effective_position() < position:
+            await _wait_any(self._progress, self.log._changed)
 
     async def query(self, fn: Callable[[apsw.Connection], T]) -> T:
         """Run ``fn(conn)`` on a read connection to the projection's database."""
@@ -178,6 +205,13 @@ class ProjectionRunner:
         return True
 
     async def _follow(self) -> None:
+        self._following = True
+        try:
+            await self._follow_log()
+        finally:
+            self._following = False
+
+    async def _follow_log(self) -> None:
         while True:
             reader = self.log.subscribe(
                 after=self._position, types=self.projection.types
