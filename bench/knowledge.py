@@ -37,6 +37,7 @@ import trio
 
 import nerve
 from nerve.knowledge import FILE_INDEXED, FileIndexed, HashingEmbedder, open_knowledge
+from nerve.knowledge._projection import load_sqlite_vec
 from nerve.knowledge._search import DEFAULT_CANDIDATES
 
 SECTIONS = 10
@@ -164,9 +165,7 @@ async def run(args: object, n_chunks: int, n_queries: int, report: c.Report) -> 
 
             matrix, keys = await kn._read(load)
             projection = kn.projection
-            qvecs = [
-                np.frombuffer(projection.query_vector(q), dtype=np.float32) for q in qs
-            ]
+            qvecs = [projection.query_vector(q) for q in qs]
 
             exact: list[set[tuple[str, int]]] = []
             numpy_times = []
@@ -228,6 +227,7 @@ async def run(args: object, n_chunks: int, n_queries: int, report: c.Report) -> 
             def float_knn(conn: object) -> list[float]:
                 dim = projection.dimension
                 db = conn  # type: ignore[assignment]
+                load_sqlite_vec(db)  # type: ignore[arg-type]
                 db.execute("SAVEPOINT bench")  # type: ignore[attr-defined]
                 db.execute(  # type: ignore[attr-defined]
                     f"CREATE VIRTUAL TABLE temp.f USING vec0(v float[{dim}])"

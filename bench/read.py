@@ -11,7 +11,7 @@ each the median of ``--runs`` interleaved runs over the same warm file:
    to (1).
 3. nerve: the same through ``EventReader.next_page()`` (a page per await, as
    projections read), to show what the per-event async iteration costs.
-4. nerve: the same rows read back as a registered attrs class (cattrs).
+4. nerve: the same rows read back as a registered attrs class.
 5. peer: the ``eventsourcing`` library's SQLite application recorder,
    ``select_notifications`` pages of 1000 and ``orjson.loads`` of each state
    (skipped when the package is not installed).
@@ -247,15 +247,14 @@ def main() -> None:
             pages,
             "events/s",
             baseline=b,
-            note="a page of events per await (projections read this way); the "
-            "difference to log.read() is the per-event async iteration",
+            note="a page of events per await, as projections read: no await per event",
         )
     r.add(
         "nerve: log.read(), attrs payloads",
         typed,
         "events/s",
         baseline=b,
-        note="the same rows, the type registered to an attrs class (cattrs)",
+        note="the same rows, the type registered to an attrs class",
     )
     if es:
         r.add(
