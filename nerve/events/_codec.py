@@ -186,6 +186,8 @@ class EventRegistry:
                 class registered for ``type``.
         """
         entry = self._by_type.get(type)
+        if entry is None and data.__class__ is dict:  # the common case, first
+            return _encode_json(type, "data", data), 1, data
         if entry is None:
             if attrs.has(data.__class__):
                 other = self._by_cls.get(data.__class__)

@@ -57,6 +57,11 @@ MAX_BATCH: Final = 10_000
 """Most append requests in one write transaction; more wait for the next."""
 
 _SELECT = f"SELECT {arch.ROW_COLUMNS} FROM logs"
+# Reads skip the hash column: only `verify` and the archive need it.
+_READ = (
+    "SELECT position, stream, version, type, type_version, source, ts, payload, "
+    "blob, meta FROM logs"
+)
 _loads = orjson.loads
 
 
@@ -590,10 +595,8 @@ class Log:
         try:
             for row in rows:
                 # (position, stream, version, type, type_version, source, ts,
-                # payload, blob, meta, hash): the `logs` columns
-                position, stream, version, type_, _, source, ts, payload, _, meta, _ = (
-                    row
-                )
+                # payload, blob, meta): the `logs` columns a read selects
+                position, stream, version, type_, _, source, ts, payload, _, meta = row
                 if payload is None or lookup(type_) is not None:
                     out.append(self.decode_row(row))
                     continue
@@ -713,7 +716,7 @@ class Log:
         wanted = tuple(types) if types is not None else None
 
         def q(conn: apsw.Connection) -> list[RecordedEvent]:
-            sql = f"{_SELECT} WHERE stream = ?"
+            sql = f"{_READ} WHERE stream = ?"
             params: list[Any] = [stream]
             if wanted is not None:
                 sql += f" AND type IN ({','.join('?' * len(wanted))})"
@@ -1105,7 +1108,7 @@ class EventReader:
             params.extend(self._types)
         params.append(PAGE_SIZE)
         rows = conn.execute(
-            f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY position LIMIT ?", params
+            f"{_READ} WHERE {' AND '.join(where)} ORDER BY position LIMIT ?", params
         ).fetchall()
         events = log.decode_rows(rows)
         scanned = None
