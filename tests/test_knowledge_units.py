@@ -304,7 +304,7 @@ def cosine(a: list[float], b: list[float]) -> float:
 
 def test_hashing_embedder_is_deterministic_normalised_and_lexical() -> None:
     e = HashingEmbedder()
-    assert (e.name, e.dimension) == ("hashing-v1-384", 384)
+    assert (e.name, e.dimension) == ("hashing-v2-384", 384)
     a, b, c, empty = e.embed(
         [
             "open the durable event log",

@@ -1,8 +1,10 @@
 """The knowledge store: indexed files and cards, hybrid vector + text search.
 
 Indexing appends events (``knowledge.file.indexed`` / ``.removed``); the
-knowledge projection folds them into ``knowledge.db`` (chunks, an FTS5 index
-and a sqlite-vec index of embeddings), which can be rebuilt from the log.
+knowledge projection folds them into ``knowledge.db`` (chunks, an FTS5 index,
+embeddings and their int8 codes), which can be rebuilt from the log. Vector
+search scans the codes in memory (numpy) and rescores the best candidates
+with the exact embeddings.
 
     async with nerve.open_log("data") as log:
         async with open_knowledge(log) as knowledge:

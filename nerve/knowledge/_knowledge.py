@@ -26,7 +26,8 @@ from ._chunk import ChunkOptions
 from ._embed import Embedder
 from ._index import DEFAULT_INLINE_LIMIT, IndexResult, index
 from ._projection import CACHE_DATABASE, KnowledgeProjection
-from ._search import DEFAULT_CANDIDATES, Hit, Mode, Syntax, search_sync
+from ._search import DEFAULT_CANDIDATES, DocumentCounts, Hit, Mode, Syntax, search_sync
+from ._vindex import VectorIndex
 from ._walk import DEFAULT_MAX_BYTES
 
 __all__ = ["Knowledge", "KnowledgeStatistics", "open_knowledge"]
@@ -71,9 +72,11 @@ class Knowledge:
         runner: the `ProjectionRunner` keeping a `KnowledgeProjection` (started
             by the caller: ``await nursery.start(runner.run)``).
 
-    Searches read through a small pool of connections of their own (with
-    sqlite-vec loaded), each search in one read transaction, in a worker
-    thread. Call `aclose` (or use `open_knowledge`) to close them.
+    Searches read through a small pool of connections of their own, each
+    search in one read transaction, in a worker thread. Vector searches go
+    through an in-memory index of the chunks' codes (`vector_index`), loaded at the
+    first one and kept in sync with ``knowledge.db`` as it changes. Call
+    `aclose` (or use `open_knowledge`) to close the connections.
     """
 
     def __init__(self, log: Log, runner: ProjectionRunner) -> None:
@@ -84,6 +87,8 @@ class Knowledge:
         self.log = log
         self.runner = runner
         self.projection: KnowledgeProjection = runner.projection
+        self.vector_index = VectorIndex(self.projection.dimension)
+        self._counts = DocumentCounts()
         self._idle: list[apsw.Connection] = []
         self._closed = False
 
@@ -153,8 +158,9 @@ class Knowledge:
             syntax: ``"words"`` treats every character as text: quotes,
                 parentheses, ``AND``, ``*``, ``-``, ``:`` never cause an
                 error. ``"fts5"`` passes the query to FTS5 as is.
-            candidates: codes the vector index proposes for exact rescoring:
-                more is slower and closer to an exact search.
+            candidates: chunks the vector index proposes for rescoring with
+                their exact vectors: more is slower and closer to an exact
+                search.
 
         Raises:
             SearchQueryError: the query is empty, has no words, or (FTS5
@@ -165,12 +171,14 @@ class Knowledge:
             lambda conn: search_sync(
                 conn,
                 self.projection,
+                self.vector_index,
                 query,
                 k,
                 repo=repo,
                 mode=mode,
                 syntax=syntax,
                 candidates=candidates,
+                counts=self._counts,
             )
         )
 
@@ -253,7 +261,6 @@ async def open_knowledge(
     data_dir: str | os.PathLike[str] | None = None,
     cache: bool = True,
     chunking: ChunkOptions | None = None,
-    code_levels: int = 3,
 ) -> AsyncIterator[Knowledge]:
     """Run the knowledge projection next to ``log``; yield its `Knowledge`.
 
@@ -268,7 +275,6 @@ async def open_knowledge(
         data_dir: where the databases live.
         cache: keep the embedding cache in a file (False: in memory).
         chunking: chunk sizes.
-        code_levels: see `KnowledgeProjection`.
     """
     root = Path(data_dir) if data_dir is not None else log.data_dir
     projection = KnowledgeProjection(
@@ -276,7 +282,6 @@ async def open_knowledge(
         blobs=log.blobs,
         cache=EmbeddingCache(root / CACHE_DATABASE if cache else None),
         chunking=chunking,
-        code_levels=code_levels,
     )
     runner = ProjectionRunner(log, projection, root)
     knowledge = Knowledge(log, runner)
