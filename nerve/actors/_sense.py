@@ -145,13 +145,7 @@ class SenseGroupActor(Actor[Tick]):
             value = await spec.fn(sense)
         except Exception as e:
             sense.errors += 1
-            await self.log.append(
-                stream,
-                NewEvent(
-                    "sense.error",
-                    SenseError(self.group, spec.name, e.__class__.__name__, str(e)),
-                ),
-            )
+            await self._error(spec.name, e)
             return
         sense.computed += 1
         if value is None:
@@ -163,16 +157,24 @@ class SenseGroupActor(Actor[Tick]):
             )
         except NerveError as e:  # e.g. a value that is not JSON
             sense.errors += 1
-            await self.log.append(
-                stream,
-                NewEvent(
-                    "sense.error",
-                    SenseError(self.group, spec.name, e.__class__.__name__, str(e)),
-                ),
-            )
+            await self._error(spec.name, e)
             return
         sense._history.append(value)
         await self._route(spec.name, value, result.last_position)
+
+    async def _error(
+        self, sense: str, error: Exception, message: str | None = None
+    ) -> None:
+        """Record ``sense.error`` on the sense's stream; it emits nothing."""
+        await self.log.append(
+            sense_stream(self.group, sense),
+            NewEvent(
+                "sense.error",
+                SenseError(
+                    self.group, sense, error.__class__.__name__, message or str(error)
+                ),
+            ),
+        )
 
     async def _route(self, sense: str, value: Any, position: int) -> None:
         for reflex in self.reflexes:
@@ -181,17 +183,8 @@ class SenseGroupActor(Actor[Tick]):
             try:
                 fire = reflex.when is None or bool(reflex.when(value))
             except Exception as e:
-                await self.log.append(
-                    sense_stream(self.group, sense),
-                    NewEvent(
-                        "sense.error",
-                        SenseError(
-                            self.group,
-                            sense,
-                            e.__class__.__name__,
-                            f"reflex to {reflex.workflow!r}: when() raised: {e}",
-                        ),
-                    ),
+                await self._error(
+                    sense, e, f"reflex to {reflex.workflow!r}: when() raised: {e}"
                 )
                 continue
             if fire:
