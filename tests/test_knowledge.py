@@ -269,8 +269,10 @@ async def test_fts_syntax_characters_are_answered_or_refused_clearly(
             await knowledge.search(nothing)
     # FTS5's own syntax, when asked for, works or says what is wrong.
     assert await knowledge.search('"exponential backoff"', syntax="fts5", mode="text")
-    with pytest.raises(SearchQueryError, match="malformed FTS5 query"):
-        await knowledge.search('"unbalanced', syntax="fts5", mode="text")
+    for mode in ("text", "hybrid"):
+        with pytest.raises(SearchQueryError, match="malformed FTS5 query"):
+            await knowledge.search('"unbalanced', syntax="fts5", mode=mode)
+    assert await knowledge.search("backoff", mode="hybrid")
     with pytest.raises(ValueError, match="mode"):
         await knowledge.search("x", mode="fuzzy")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="k must be"):

@@ -16,6 +16,7 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 import pytest
+import trio
 
 import nerve
 from nerve.knowledge import (
@@ -218,6 +219,30 @@ async def test_an_index_far_behind_reloads(
         hits = await kn.search("qry0", k=50, mode="vector")
         assert kn.vector_index.loads == 2  # its removals were pruned: reloaded
         assert {h.path for h in hits} == {f"v{i}.txt" for i in range(5, 50)}
+
+
+async def test_concurrent_searches_while_indexing(log: nerve.Log) -> None:
+    base, queries = unit_rows(10, 400), unit_rows(11, 8)
+    async with open_knowledge(
+        log, embedder=TableEmbedder(base, queries), cache=False
+    ) as kn:
+        await append_vectors(log, range(200))
+        await kn.wait()
+        found: list[int] = []
+
+        async def searches(mode: str) -> None:
+            for q in range(len(queries)):
+                hits = await kn.search(f"qry{q} vec1", k=5, mode=mode)  # type: ignore[arg-type]
+                found.append(len(hits))
+
+        async with trio.open_nursery() as nursery:
+            for mode in ("hybrid", "vector", "text", "hybrid", "vector"):
+                nursery.start_soon(searches, mode)
+            nursery.start_soon(append_vectors, log, range(200, 400))
+        await kn.wait()
+        assert all(found)
+        hits = await kn.search("qry0", k=5, mode="vector")
+        assert [h.path for h in hits] == exact_top(base, queries[0], range(400), 5)
 
 
 async def test_repo_scope_in_the_index(log: nerve.Log) -> None:

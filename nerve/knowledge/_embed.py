@@ -203,14 +203,12 @@ class HashingEmbedder:
             counts = Counter(findall(text))
             starts.append(len(keys))
             stops = counts.keys() & _STOP_CASINGS
-            if not stops:
+            if len(stops) < len(counts):
+                for word in stops:
+                    counts.pop(word)  # dict.pop: Counter's `del` is Python code
                 keys.extend(counts)
                 tfs.extend(counts.values())
-            elif len(stops) < len(counts):
-                kept = [t for t in counts if t not in stops]
-                keys.extend(kept)
-                tfs.extend([counts[t] for t in kept])
-            else:
+            elif counts:
                 # Only stop words: the last one stays (as in v1).
                 last = next(reversed(counts))
                 keys.append(last)
@@ -221,7 +219,7 @@ class HashingEmbedder:
         starts.append(len(keys))
         # The batch's distinct tokens, and each key's row among them.
         tokens = list(dict.fromkeys(keys))
-        where = {t: i for i, t in enumerate(tokens)}
+        where = dict(zip(tokens, range(len(tokens)), strict=True))
         rows = list(map(where.__getitem__, keys))
         table, totals = self._patterns(tokens)
         return self._sum(table, totals, rows, tfs, starts)
@@ -301,8 +299,7 @@ class HashingEmbedder:
             if data is None:
                 missing.append(i)
             else:
-                found[i] = data
-                self._remember(tokens[i], data)
+                found[i] = young[tokens[i]] = data  # promoted
         fresh: npt.NDArray[np.int32] | None = None
         big: list[int] = []
         if missing:
@@ -318,10 +315,14 @@ class HashingEmbedder:
                 if fresh[j, d] < _INT8_TOTAL:
                     found[i] = data
                     if self._cache_size:
-                        self._remember(tokens[i], data)
+                        young[tokens[i]] = data
                 else:  # a long token: not cached, and wider than int8
                     found[i] = bytes(d + 1)
                     big.append(j)
+        if len(young) >= self._cache_size:
+            # A new generation (checked per batch: a generation may hold a
+            # batch's tokens more than the cache size).
+            self._old, self._young = young, {}
         found.append(bytes(d + 1))
         raw = np.frombuffer(b"".join(found), dtype=np.int8)  # type: ignore[arg-type]
         table: npt.NDArray[np.integer[Any]] = raw.reshape(len(found), d + 1)
@@ -330,11 +331,6 @@ class HashingEmbedder:
             table = table.astype(np.int64)
             table[[missing[j] for j in big]] = fresh[big]
         return table[:, :d], table[:-1, d].astype(np.int64)
-
-    def _remember(self, token: str, data: bytes) -> None:
-        if len(self._young) >= self._cache_size:
-            self._old, self._young = self._young, {}
-        self._young[token] = data
 
     def _compute(self, tokens: list[str]) -> npt.NDArray[np.int32]:
         """Patterns of tokens not in the cache, then their total weights."""

@@ -257,6 +257,18 @@ def _helpers() -> ThreadPoolExecutor:
         return _HELPERS
 
 
+def _snippets(conn: apsw.Connection, match: str, ids: list[int]) -> dict[int, str]:
+    """The snippets of the chunks ``ids`` matched by ``match``."""
+    if not ids:
+        return {}
+    rows = conn.execute(
+        f"SELECT rowid, {_SNIPPET} FROM knowledge_fts WHERE knowledge_fts MATCH ? "
+        "AND rowid IN (SELECT value FROM json_each(?))",
+        (match, json.dumps(ids)),
+    ).fetchall()
+    return {int(i): str(snippet) for i, snippet in rows}
+
+
 def _fuse(rankings: Sequence[list[tuple[int, float]]]) -> dict[int, float]:
     scores: dict[int, float] = {}
     for ranking in rankings:
@@ -299,14 +311,19 @@ def search_sync(
     vector: list[tuple[int, float]] = []
     match: str | None = query
 
-    def text_side() -> tuple[str | None, list[tuple[int, float]]]:
+    snippets: dict[int, str] = {}
+
+    def text_side() -> tuple[str | None, list[tuple[int, float]], dict[int, str]]:
         found = pruned_words_query(conn, query, counts) if syntax == "words" else query
         if found is None:
-            return None, []
-        return found, _text_ranking(conn, found, query, depth, repo)
+            return None, [], {}
+        ranking = _text_ranking(conn, found, query, depth, repo)
+        # The best text matches are likely hits: their snippets are made
+        # now (in hybrid mode, while the vectors are scanned).
+        return found, ranking, _snippets(conn, found, [i for i, _ in ranking[:k]])
 
     if mode == "text":
-        match, text = text_side()
+        match, text, snippets = text_side()
     elif mode == "vector":
         if syntax == "words":
             query_terms(conn, query)  # refuses a query without words
@@ -327,7 +344,7 @@ def search_sync(
             near = index.nearest(wanted, max(candidates, depth), repo=repo)
         finally:
             wait([helper])
-        match, text = helper.result()
+        match, text, snippets = helper.result()
         vector = index.rescore(conn, wanted, near, depth)
     scores = _fuse([text, vector]) if mode == "hybrid" else dict(text or vector)
     if not scores:
@@ -346,18 +363,10 @@ def search_sync(
         return (-scores[chunk_id], 0 if r[4] == "card" else 1, r[1], r[2], r[3])
 
     best = sorted((i for i in scores if i in rows), key=order)[:k]
-    snippets: dict[int, str] = {}
     matched = {i for i, _ in text}
-    from_text = [i for i in best if i in matched]
-    if from_text and match is not None:
-        snippets = dict(
-            conn.execute(
-                f"SELECT rowid, {_SNIPPET} FROM knowledge_fts "
-                "WHERE knowledge_fts MATCH ? "
-                "AND rowid IN (SELECT value FROM json_each(?))",
-                (match, json.dumps(from_text)),
-            ).fetchall()
-        )
+    missing = [i for i in best if i in matched and i not in snippets]
+    if missing and match is not None:
+        snippets.update(_snippets(conn, match, missing))
     hits = []
     for i in best:
         _, r_repo, path, number, kind, start, end, title, body = rows[i]
