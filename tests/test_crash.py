@@ -17,7 +17,6 @@ Normal suite: 27 kills. `make soak` (``-m slow``): 210 more.
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import signal
 import subprocess
@@ -25,27 +24,15 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 import apsw
 import pytest
 import trio
+from _children import Lines, load_child
 
 import nerve
 
-CHILD_PATH = Path(__file__).with_name("crash_child.py")
-
-
-def _load_child() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("crash_child", CHILD_PATH)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-child = _load_child()
+child = load_child("crash_child")
 
 ROUND_TIMEOUT = 60  # seconds; a safety net against hangs, not a timing assertion
 
@@ -111,27 +98,6 @@ def parse_line(line: str, history: History) -> str:
     return kind
 
 
-class Lines:
-    """Complete lines from a byte stream; a last line cut short is dropped."""
-
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self._stream = stream
-        self._buf = b""
-        self._eof = False
-
-    async def next(self) -> str | None:
-        while b"\n" not in self._buf:
-            if self._eof:
-                return None
-            chunk = await self._stream.receive_some(1 << 16)
-            if chunk:
-                self._buf += chunk
-            else:
-                self._eof = True
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line.decode()
-
-
 def read_text(path: Path) -> str:
     return path.read_text(errors="replace")
 
@@ -168,7 +134,7 @@ async def run_and_kill(
     delay = rng.choice([0.0, 0.0, rng.uniform(0, 0.005), rng.uniform(0, 0.03)])
     with stderr_path.open("wb") as err:
         proc = await trio.lowlevel.open_process(
-            [sys.executable, str(CHILD_PATH), str(data_dir), mode, str(seed)],
+            [sys.executable, str(child.__file__), str(data_dir), mode, str(seed)],
             stdout=subprocess.PIPE,
             stderr=err,
         )

@@ -20,19 +20,18 @@ in-process whose workflow returns after the step. Then:
 from __future__ import annotations
 
 import collections
-import importlib.util
 import random
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import trio
 import trio.lowlevel
+from _children import Lines, load_child
 
 import nerve
 from nerve.events._vocabulary import (
@@ -42,20 +41,10 @@ from nerve.events._vocabulary import (
     run_stream,
 )
 
-CHILD_PATH = Path(__file__).with_name("kernel_child.py")
 ROUND_TIMEOUT = 30  # seconds of real time: a net against hangs, not a timing check
 
 
-def _load_child() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("kernel_child", CHILD_PATH)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-child = _load_child()
+child = load_child("kernel_child")
 
 
 @dataclass
@@ -68,23 +57,6 @@ class History:
     crashes: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
-class Lines:
-    """Complete lines from a byte stream."""
-
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self._stream = stream
-        self._buf = b""
-
-    async def next(self) -> str | None:
-        while b"\n" not in self._buf:
-            chunk = await self._stream.receive_some(1 << 16)
-            if not chunk:
-                return None
-            self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line.decode()
-
-
 async def run_and_kill(
     tmp: Path, seed: int, n: int, once: bool, history: History
 ) -> None:
@@ -94,7 +66,7 @@ async def run_and_kill(
         proc = await trio.lowlevel.open_process(
             [
                 sys.executable,
-                str(CHILD_PATH),
+                str(child.__file__),
                 str(tmp / "data"),
                 str(tmp / "counter"),
                 str(seed),

@@ -12,18 +12,17 @@ equals a fresh replay after restarting.
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import apsw
 import trio
+from _children import Lines, load_child
 
 import nerve
 from nerve import NewEvent
@@ -35,41 +34,10 @@ from nerve.projections import (
     verify,
 )
 
-CHILD_PATH = Path(__file__).with_name("projection_child.py")
 ROUND_TIMEOUT = 30  # seconds: a safety net against hangs, not a timing assertion
 
 
-def _load_child() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("projection_child", CHILD_PATH)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-child = _load_child()
-
-
-class Lines:
-    """Complete lines from a byte stream; a last line cut short is dropped."""
-
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self._stream = stream
-        self._buf = b""
-        self._eof = False
-
-    async def next(self) -> str | None:
-        while b"\n" not in self._buf:
-            if self._eof:
-                return None
-            chunk = await self._stream.receive_some(1 << 16)
-            if chunk:
-                self._buf += chunk
-            else:
-                self._eof = True
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line.decode()
+child = load_child("projection_child")
 
 
 async def run_and_kill(
@@ -89,7 +57,7 @@ async def run_and_kill(
     lines_seen: list[str] = []
     with stderr_path.open("wb") as err:
         proc = await trio.lowlevel.open_process(
-            [sys.executable, str(CHILD_PATH), mode, str(data_dir), str(seed)],
+            [sys.executable, str(child.__file__), mode, str(data_dir), str(seed)],
             stdout=subprocess.PIPE,
             stderr=err,
         )
