@@ -16,6 +16,7 @@ from .events import ActorFailed as ActorFailed
 from .events import ActorStoppedError as ActorStoppedError
 from .events import AppendError as AppendError
 from .events import AppendResult as AppendResult
+from .events import AppendWithdrawnError as AppendWithdrawnError
 from .events import ArchiveError as ArchiveError
 from .events import AskTimeout as AskTimeout
 from .events import BlobError as BlobError

@@ -143,7 +143,9 @@ class ShownRun:
 
 
 async def show_run(data_dir: Path, run_id: str) -> ShownRun:
-    """A run by id or unique id prefix, with its events, thread and steps."""
+    """A run by id, or a unique prefix or suffix of its id, with its events,
+    thread and steps (run ids start with their time, so the random end is
+    the handy part to quote)."""
 
     def find(conn: apsw.Connection) -> list[RunRecord]:
         if not table_exists(conn, "workflow_runs"):
@@ -154,7 +156,7 @@ async def show_run(data_dir: Path, run_id: str) -> ShownRun:
         if not rows:
             rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM workflow_runs "
-                "WHERE substr(run_id, 1, ?) = ? LIMIT 5",
+                "WHERE substr(run_id, 1, ?1) = ?2 OR substr(run_id, -?1) = ?2 LIMIT 5",
                 (len(run_id), run_id),
             ).fetchall()
         return [RunRecord.from_row(r) for r in rows]
@@ -165,7 +167,9 @@ async def show_run(data_dir: Path, run_id: str) -> ShownRun:
             raise click.ClickException(f"no run {run_id!r} (see `nerve runs`)")
         if len(found) > 1:
             ids = ", ".join(r.run_id for r in found)
-            raise click.ClickException(f"{run_id!r} starts several run ids: {ids}")
+            raise click.ClickException(
+                f"{run_id!r} starts or ends several run ids: {ids}"
+            )
         record = found[0]
         events = [e async for e in log.read(stream=run_stream(record.run_id))]
     return ShownRun(

@@ -168,7 +168,7 @@ def test_run_show(history: Path, ids: dict[str, str]) -> None:
     assert "#0 compose -> hello ada" in text
     assert "workflow.run.completed" in text
     shown = orjson.loads(
-        ok("run-show", ids["ada"][:10], "--data", history, "--json").stdout
+        ok("run-show", ids["ada"][-10:], "--data", history, "--json").stdout
     )
     assert shown["run"]["run_id"] == ids["ada"]
     assert [m["role"] for m in shown["messages"]] == ["user", "assistant"]

@@ -299,6 +299,58 @@ async def test_idempotency_key_for_another_stream_raises(log: nerve.Log) -> None
     assert log.head == 1
 
 
+async def test_an_append_cancelled_before_it_is_taken_is_withdrawn(
+    log: nerve.Log,
+) -> None:
+    await log.append("s", NewEvent("test.e", {"i": 0}))
+    async with writer_held(log):
+        pending = log.submit("s", NewEvent("test.e", {"i": 1}))
+        with trio.move_on_after(1) as scope:  # the writer is busy: not taken
+            await pending.wait()
+        assert scope.cancelled_caught
+    # Withdrawn: nothing of it was written, and a later wait says so.
+    with pytest.raises(nerve.AppendWithdrawnError, match="withdrawn"):
+        await pending.wait()
+    assert pending.done
+    assert [e.data for e in await read_all(log)] == [{"i": 0}]
+    r = await log.append("s", NewEvent("test.e", {"i": 2}))
+    assert (r.first_position, r.version) == (2, 2)
+
+
+async def test_an_append_cancelled_while_it_commits_reports_its_result(
+    log: nerve.Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = log._writer
+    gate = threading.Event()
+    committing = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+    commit = writer.commit
+
+    def held_commit() -> None:
+        token.run_sync_soon(committing.set)
+        gate.wait(30)
+        commit()
+
+    monkeypatch.setattr(writer, "commit", held_commit)
+    results: list[nerve.AppendResult] = []
+    scope = trio.CancelScope()
+
+    async def appender() -> None:
+        with scope:
+            results.append(await log.append("s", NewEvent("test.e", {"i": 1})))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(appender)
+        await committing.wait()
+        scope.cancel()  # too late to withdraw: it is being written
+        await trio.testing.wait_all_tasks_blocked()
+        assert results == []
+        gate.set()
+    # The append was not reported cancelled: it returned what it wrote.
+    assert results == [nerve.AppendResult("s", 1, 1, 1)]
+    assert [e.data for e in await read_all(log)] == [{"i": 1}]
+
+
 async def test_same_key_twice_in_one_batch_writes_once(log: nerve.Log) -> None:
     results: dict[int, Any] = {}
     async with trio.open_nursery() as nursery, writer_held(log):

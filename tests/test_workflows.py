@@ -10,6 +10,7 @@ entered its function before they count on its timing.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -760,3 +761,16 @@ async def test_a_duplicate_of_a_crashed_run_does_not_restart_it(
         assert await lifecycle(kernel.log, "s1") == ["queued", "started", "crashed"]
         assert kernel.workflows["w"].statistics().running == 0
     assert gates.order == ["a"]
+
+
+def test_run_ids_start_with_their_time_and_end_random() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = [nerve.actors.new_run_id() for _ in range(1000)]
+    after = time.time_ns() // 1_000_000
+    assert all(len(i) == 28 and int(i, 16) >= 0 for i in ids)
+    stamps = [int(i[:12], 16) for i in ids]
+    # Time-ordered (new runs land at the end of the indexes), yet unique.
+    assert stamps == sorted(stamps)
+    assert before <= stamps[0]
+    assert stamps[-1] <= after
+    assert len({i[12:] for i in ids}) == len(ids)

@@ -10,6 +10,7 @@ from ._errors import ActorError as ActorError
 from ._errors import ActorFailed as ActorFailed
 from ._errors import ActorStoppedError as ActorStoppedError
 from ._errors import AppendError as AppendError
+from ._errors import AppendWithdrawnError as AppendWithdrawnError
 from ._errors import ArchiveError as ArchiveError
 from ._errors import AskTimeout as AskTimeout
 from ._errors import BlobError as BlobError

@@ -88,6 +88,11 @@ class LogClosedError(NerveError):
     """The log was closed; open it again to append or read."""
 
 
+class AppendWithdrawnError(NerveError):
+    """A submitted append was withdrawn before it was written: the task that
+    waited for it was cancelled. Nothing of it was written."""
+
+
 class DatabaseError(NerveError):
     """A database file cannot be used; it was left exactly as it was found."""
 

@@ -23,6 +23,7 @@ from ._blobs import BlobStore
 from ._chain import GENESIS, row_hash
 from ._codec import EventRegistry, check_type_name, encode_meta, registry
 from ._errors import (
+    AppendWithdrawnError,
     ArchiveError,
     EventDecodingError,
     InvalidEventError,
@@ -184,6 +185,7 @@ class Log:
         # type this process appended: filtered readers wake on those only.
         self._foreign_head = writer.head
         self._type_heads: dict[str, int] = {}
+        self._type_names: set[str] = set()  # checked valid (a cache)
         self._closed = False
         self._writer_done = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -294,12 +296,11 @@ class Log:
         taken is withdrawn (nothing written); one already being written is
         waited for, so it is never reported cancelled while it commits.
         """
-        return await self.submit(
-            stream,
-            events,
-            expected_version=expected_version,
-            idempotency_key=idempotency_key,
-        ).wait()
+        self._check_open()
+        request = self._prepare(stream, events, expected_version, idempotency_key)
+        self._pending.append(request)
+        self._wakeup.set()
+        return await _outcome(self, request)
 
     def submit(
         self,
@@ -329,12 +330,12 @@ class Log:
         expected: int | ExpectedVersion | None,
         key: str | None,
     ) -> AppendRequest:
-        if not isinstance(stream, str) or not stream or len(stream) > 1000:
+        if stream.__class__ is not str or not stream or len(stream) > 1000:
             raise InvalidEventError(
                 f"stream must be a non-empty string of at most 1000 characters, "
                 f"got {stream!r}"
             )
-        if not _valid_expected(expected):
+        if expected is not None and not _valid_expected(expected):
             raise InvalidEventError(
                 f"expected_version must be None, NO_STREAM, STREAM_EXISTS or an "
                 f"int >= 0, got {expected!r}"
@@ -352,18 +353,27 @@ class Log:
             )
         encoded: list[EncodedEvent] = []
         big = False
+        encode = self.registry.encode
+        threshold = self.blob_threshold
+        known = self._type_names
         for ev in events:
-            if not isinstance(ev, NewEvent):
+            if ev.__class__ is not NewEvent and not isinstance(ev, NewEvent):
                 raise InvalidEventError(
                     f"append to {stream!r}: expected NewEvent objects, got "
                     f"{ev.__class__.__qualname__}"
                 )
-            check_type_name(ev.type)
-            payload, type_version, data = self.registry.encode(ev.type, ev.data)
-            meta = encode_meta(ev.type, ev.meta)
-            big = big or _too_big(payload, self.blob_threshold)
+            type_ = ev.type
+            if type_ not in known:
+                check_type_name(type_)
+                if len(known) < 10_000:
+                    known.add(type_)
+            payload, type_version, data = encode(type_, ev.data)
+            meta_obj = ev.meta
+            meta = encode_meta(type_, meta_obj) if meta_obj else None
+            if len(payload) * 4 > threshold:  # else it fits, whatever its UTF-8
+                big = big or _too_big(payload, threshold)
             encoded.append(
-                EncodedEvent(ev.type, type_version, payload, None, meta, data, ev.meta)
+                EncodedEvent(type_, type_version, payload, None, meta, data, meta_obj)
             )
         if not encoded:
             raise InvalidEventError(f"append to {stream!r} needs at least one event")
@@ -406,9 +416,8 @@ class Log:
                 written = 0
                 type_heads = self._type_heads
                 for r, outcome in zip(batch, outcomes, strict=True):
-                    r.outcome = outcome
-                    r.done.set()
-                    if isinstance(outcome, AppendResult):
+                    r.finish(outcome)
+                    if outcome.__class__ is AppendResult:
                         if not outcome.duplicate:
                             written += (
                                 outcome.last_position - outcome.first_position + 1
@@ -948,7 +957,7 @@ class PendingAppend:
     @property
     def done(self) -> bool:
         """Whether the outcome is known."""
-        return self._request.done.is_set()
+        return self._request.done
 
     async def wait(self) -> AppendResult:
         """Wait until the append is durable and return its result.
@@ -958,20 +967,49 @@ class PendingAppend:
         written); once taken, it is waited for, so it is never reported
         cancelled while it commits.
         """
-        request = self._request
-        try:
-            await request.done.wait()
-        except trio.Cancelled:
-            if not request.taken and request in self._log._pending:
-                self._log._pending.remove(request)
-                raise
+        return await _outcome(self._log, self._request)
+
+
+async def _outcome(log: Log, request: AppendRequest) -> AppendResult:
+    """Wait for ``request``'s outcome: its result, or raise its error.
+
+    The first waiter parks its task in the request (the writer reschedules it
+    directly: no `trio.Event` per append); any other waiter uses an Event.
+    Cancelled before the writer took the request, the first waiter withdraws
+    it; afterwards the cancellation waits until the outcome is known.
+    """
+    if not request.done:
+        if request.waiter is None and request.event is None:
+            request.waiter = trio.lowlevel.current_task()
+
+            def abort(_: Any) -> trio.lowlevel.Abort:
+                if request.taken or request.event is not None:
+                    return trio.lowlevel.Abort.FAILED  # wait for the outcome
+                request.waiter = None
+                with contextlib.suppress(ValueError):
+                    log._pending.remove(request)
+                # Anyone who waits for it later learns it will never be written.
+                request.finish(
+                    AppendWithdrawnError(
+                        f"the append to {request.stream!r} was withdrawn: the task "
+                        "waiting for it was cancelled before it was written"
+                    )
+                )
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        else:
+            if request.event is None:
+                request.event = trio.Event()
             with trio.CancelScope(shield=True):
-                await request.done.wait()
-        outcome = request.outcome
-        if isinstance(outcome, BaseException):
-            raise outcome
-        assert outcome is not None
-        return outcome
+                await request.event.wait()
+    else:
+        await trio.lowlevel.checkpoint()
+    outcome = request.outcome
+    if isinstance(outcome, BaseException):
+        raise outcome
+    assert outcome is not None
+    return outcome
 
 
 @attrs.define(eq=False)

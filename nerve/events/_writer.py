@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import apsw
 import attrs
@@ -49,9 +49,11 @@ _INSERT = (
 _MAX_CACHED_STREAMS = 100_000
 
 
-@attrs.frozen
-class EncodedEvent:
-    """An event ready to write: its stored form and its canonical data."""
+class EncodedEvent(NamedTuple):
+    """An event ready to write: its stored form and its canonical data.
+
+    A named tuple: one is built per appended event, on the event loop.
+    """
 
     type: str
     type_version: int
@@ -62,20 +64,63 @@ class EncodedEvent:
     meta_obj: Any
 
 
-@attrs.define(eq=False)
 class AppendRequest:
-    """One `Log.append` call on its way to the writer."""
+    """One `Log.append` call on its way to the writer.
 
-    stream: str
-    events: Sequence[EncodedEvent]
-    expected: int | ExpectedVersion | None
-    key: str | None
-    source: str
-    big: bool = False
-    """Some payload exceeds the blob threshold: store it before writing."""
-    done: trio.Event = attrs.field(factory=trio.Event)
-    taken: bool = False
-    outcome: AppendResult | BaseException | None = None
+    A plain slotted class, not attrs: one is built per append on the event
+    loop. The appender parks its task in ``waiter`` (trio.lowlevel), and the
+    writer reschedules it with the outcome: cheaper than a `trio.Event`.
+    """
+
+    __slots__ = (
+        "big",
+        "done",
+        "event",
+        "events",
+        "expected",
+        "key",
+        "outcome",
+        "source",
+        "stream",
+        "taken",
+        "waiter",
+    )
+
+    def __init__(
+        self,
+        stream: str,
+        events: Sequence[EncodedEvent],
+        expected: int | ExpectedVersion | None,
+        key: str | None,
+        source: str,
+        big: bool = False,
+    ) -> None:
+        self.stream = stream
+        self.events = events
+        self.expected = expected
+        self.key = key
+        self.source = source
+        self.big = big
+        """Some payload exceeds the blob threshold: store it before writing."""
+        self.taken = False
+        """The writer has taken it into a batch: it can no longer be withdrawn."""
+        self.done = False
+        self.outcome: AppendResult | BaseException | None = None
+        self.waiter: trio.lowlevel.Task | None = None
+        """The task parked until the outcome is known (see `Log.append`)."""
+        self.event: trio.Event | None = None
+        """For any further waiters (`PendingAppend.wait` called twice)."""
+
+    def finish(self, outcome: AppendResult | BaseException) -> None:
+        """Record the outcome and wake whoever waits for it."""
+        self.outcome = outcome
+        self.done = True
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            trio.lowlevel.reschedule(waiter)
+        if self.event is not None:
+            self.event.set()
 
 
 class InlineHook(Protocol):
@@ -320,8 +365,8 @@ class LogWriter:
                 continue
             try:
                 req.events = [
-                    attrs.evolve(
-                        ev, payload=None, blob=self.blobs.put_sync(ev.payload.encode())
+                    ev._replace(
+                        payload=None, blob=self.blobs.put_sync(ev.payload.encode())
                     )
                     if ev.payload is not None
                     and len(ev.payload.encode()) > self.blob_threshold
@@ -436,31 +481,32 @@ class LogWriter:
         for ev in req.events:
             position += 1
             version += 1
+            type_, tv, payload, blob, meta, _, _ = ev
             prev = row_hash(
                 prev,
                 position,
                 stream,
                 version,
-                ev.type,
-                ev.type_version,
+                type_,
+                tv,
                 source,
                 now,
-                ev.payload,
-                ev.blob,
-                ev.meta,
+                payload,
+                blob,
+                meta,
             )
             rows.append(
                 (
                     position,
                     stream,
                     version,
-                    ev.type,
-                    ev.type_version,
+                    type_,
+                    tv,
                     source,
                     now,
-                    ev.payload,
-                    ev.blob,
-                    ev.meta,
+                    payload,
+                    blob,
+                    meta,
                     prev,
                 )
             )
