@@ -1084,6 +1084,22 @@ class EventReader:
         self._index += 1
         return ev
 
+    def next_page_blocking(self) -> tuple[list[RecordedEvent], int] | None:
+        """`next_page`, blocking, for a worker thread (readers that do not
+        follow): a rebuild folds many pages per thread hop this way."""
+        if self._follow:
+            raise RuntimeError("a following reader cannot read blocking")
+        while self._index >= len(self._buffer):
+            events, scanned, more = self._step()
+            got = self._take(events, scanned, report_scans=True)
+            if got is None:
+                return [], self._after
+            if got is False and not more:
+                return None
+        page = self._buffer[self._index :]
+        self._index = len(self._buffer)
+        return page, self._after
+
     async def _fetch(self, *, report_scans: bool = False) -> bool | None:
         """Fill the buffer.
 
@@ -1093,37 +1109,54 @@ class EventReader:
         """
         log = self._log
         while True:
-            archive_done = False
-            if self._archive is not None:
-                cursor = self._archive
-                events, scanned = await trio.to_thread.run_sync(cursor.page)
-                if scanned is None:
-                    # The archive is over: the hot table goes on from where
-                    # the cursor stopped (even when its last page was empty).
-                    self._archive = None
-                    archive_done = True
-                    scanned = cursor._after
-            else:
-                page = await log._read(self._page)
-                if isinstance(page, _ArchiveCursor):
-                    self._archive = page
-                    continue
-                events, scanned = page
-            if events:
-                self._buffer = events
-                self._index = 0
-                self._after = events[-1].position
-                return True
-            if scanned is not None and scanned > self._after:
-                self._after = scanned
-                if report_scans:
-                    return None
-            if self._archive is not None or archive_done:
+            events, scanned, more = await trio.to_thread.run_sync(self._step)
+            got = self._take(events, scanned, report_scans=report_scans)
+            if got is not False:
+                return got
+            if more:
                 continue
             if not self._follow:
                 return False
             if not await log._wait_past(self._after, self._types):
                 return False
+
+    def _step(self) -> tuple[list[RecordedEvent], int | None, bool]:
+        """Read one page, blocking (in a worker thread).
+
+        Returns the events, the position scanned up to (or None), and whether
+        to read on at once (the archive goes on, or just ended).
+        """
+        cursor = self._archive
+        if cursor is not None:
+            events, scanned = cursor.page()
+            if scanned is None:
+                # The archive is over: the hot table goes on from where the
+                # cursor stopped (even when its last page was empty).
+                self._archive = None
+                scanned = cursor._after
+            return events, scanned, True
+        page = self._log._read_sync(self._page)
+        if isinstance(page, _ArchiveCursor):
+            self._archive = page
+            return [], None, True
+        events, scanned = page
+        return events, scanned, False
+
+    def _take(
+        self, events: list[RecordedEvent], scanned: int | None, *, report_scans: bool
+    ) -> bool | None:
+        """Buffer a page: True if it held events; None if it only moved the
+        reader past skipped events (and ``report_scans``); else False."""
+        if events:
+            self._buffer = events
+            self._index = 0
+            self._after = events[-1].position
+            return True
+        if scanned is not None and scanned > self._after:
+            self._after = scanned
+            if report_scans:
+                return None
+        return False
 
     def _page(
         self, conn: apsw.Connection

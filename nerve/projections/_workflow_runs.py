@@ -166,7 +166,24 @@ _converter = make_converter()
 def _dumps(value: Any) -> str | None:
     if value is None:
         return None
+    if _plain(value):  # as decoded from JSON (every replay): no cattrs needed
+        return orjson.dumps(value).decode()
     return orjson.dumps(_converter.unstructure(value)).decode()
+
+
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is made of JSON's own types only (str keys)."""
+    cls = value.__class__
+    if cls in _SCALARS:
+        return True
+    if cls is dict:
+        return all(k.__class__ is str and _plain(v) for k, v in value.items())
+    if cls is list:
+        return all(_plain(v) for v in value)
+    return False
 
 
 def _transition(row: list[Any] | None, run_id: str, e: RecordedEvent) -> list[Any]:
