@@ -132,14 +132,33 @@ class WorkflowRuns(Projection):
                     f"a run stream ('run-<id>'), not {e.stream!r}"
                 )
             run_ids.append(run_id)
-        rows = _load(conn, run_ids)
+        # A run whose first event here is its stream's first has no row yet:
+        # only the others are looked up (in a kernel, most runs start in the
+        # batch that queues them).
+        seen: set[str] = set()
+        known = []
+        for run_id, e in zip(run_ids, events, strict=True):
+            if run_id not in seen:
+                seen.add(run_id)
+                if e.version != 1:
+                    known.append(run_id)
+        rows = _load(conn, known) if known else {}
         for run_id, e in zip(run_ids, events, strict=True):
             rows[run_id] = _transition(rows.get(run_id), run_id, e)
-        conn.executemany(
-            f"INSERT OR REPLACE INTO workflow_runs ({_COLUMNS}) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            rows.values(),
-        )
+        conn.executemany(_UPSERT, rows.values())
+
+
+# An upsert, not INSERT OR REPLACE: a changed row is updated in place (its
+# unchanged index entries stay) instead of deleted and inserted again.
+_UPSERT: Final = (
+    f"INSERT INTO workflow_runs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT (run_id) DO UPDATE SET "
+    + ", ".join(
+        f"{c} = excluded.{c}"
+        for c in (c.strip() for c in _COLUMNS.split(","))
+        if c != "run_id"
+    )
+)
 
 
 def _load(conn: apsw.Connection, run_ids: Sequence[str]) -> dict[str, Any]:
