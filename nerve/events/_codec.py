@@ -13,7 +13,7 @@ import builtins
 import math
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, KeysView, Mapping
 from typing import Any, TypeVar, overload
 
 import attrs
@@ -148,6 +148,11 @@ class EventRegistry:
     def lookup(self, type: str) -> EventClass | None:
         """The registration for a type name, or None."""
         return self._by_type.get(type)
+
+    @property
+    def registered_types(self) -> KeysView[str]:
+        """The registered type names (a live view)."""
+        return self._by_type.keys()
 
     def type_of(self, cls_or_instance: Any) -> str:
         """The type name a class (or instance) is registered under.

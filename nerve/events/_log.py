@@ -596,9 +596,10 @@ class Log:
         """`decode_row` for a page of rows: the hot loop of every read, with
         the common case (an inline payload) decoded without a call per field.
         """
-        lookup = self.registry.lookup
+        registered = self.registry.registered_types
         loads = _loads
-        make = RecordedEvent
+        new = tuple.__new__  # RecordedEvent(...) without its Python __new__
+        cls = RecordedEvent
         empty = EMPTY_META
         out = []
         try:
@@ -606,19 +607,22 @@ class Log:
                 # (position, stream, version, type, type_version, source, ts,
                 # payload, blob, meta): the `logs` columns a read selects
                 position, stream, version, type_, _, source, ts, payload, _, meta = row
-                if payload is None or lookup(type_) is not None:
+                if payload is None or type_ in registered:
                     out.append(self.decode_row(row))
                     continue
                 out.append(
-                    make(
-                        position,
-                        stream,
-                        version,
-                        type_,
-                        ts,
-                        loads(payload),
-                        empty if meta is None else loads(meta),
-                        source,
+                    new(
+                        cls,
+                        (
+                            position,
+                            stream,
+                            version,
+                            type_,
+                            ts,
+                            loads(payload),
+                            empty if meta is None else loads(meta),
+                            source,
+                        ),
                     )
                 )
         except orjson.JSONDecodeError:
