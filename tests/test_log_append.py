@@ -305,7 +305,8 @@ async def test_an_append_cancelled_before_it_is_taken_is_withdrawn(
     await log.append("s", NewEvent("test.e", {"i": 0}))
     async with writer_held(log):
         pending = log.submit("s", NewEvent("test.e", {"i": 1}))
-        with trio.move_on_after(1) as scope:  # the writer is busy: not taken
+        with trio.CancelScope() as scope:  # the writer is busy: not taken
+            scope.cancel()
             await pending.wait()
         assert scope.cancelled_caught
     # Withdrawn: nothing of it was written, and a later wait says so.
@@ -315,6 +316,41 @@ async def test_an_append_cancelled_before_it_is_taken_is_withdrawn(
     assert [e.data for e in await read_all(log)] == [{"i": 0}]
     r = await log.append("s", NewEvent("test.e", {"i": 2}))
     assert (r.first_position, r.version) == (2, 2)
+
+
+async def test_a_shielded_wait_neither_withdraws_nor_ends_early(
+    log: nerve.Log,
+) -> None:
+    results: list[nerve.AppendResult] = []
+    async with trio.open_nursery() as nursery:
+        async with writer_held(log):
+            pending = log.submit("s", NewEvent("test.e", {"i": 1}))
+            other = log.submit("s", NewEvent("test.e", {"i": 2}))
+
+            async def shielded() -> None:
+                with trio.CancelScope() as scope:
+                    scope.cancel()
+                    # Cancelled before the writer took it, yet not withdrawn:
+                    # the wait goes on until the outcome is known.
+                    results.append(await pending.wait(shielded=True))
+
+            nursery.start_soon(shielded)
+            await trio.testing.wait_all_tasks_blocked()
+            # A second waiter's cancellation ends its wait, withdraws nothing.
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await pending.wait()
+            assert scope.cancelled_caught
+            # The first waiter of `other`, cancelled: it is withdrawn.
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await other.wait()
+            assert results == []
+            assert not pending.done
+    assert results == [nerve.AppendResult("s", 1, 1, 1)]
+    assert [e.data for e in await read_all(log)] == [{"i": 1}]
+    with pytest.raises(nerve.AppendWithdrawnError):
+        await other.wait()
 
 
 async def test_an_append_cancelled_while_it_commits_reports_its_result(

@@ -315,9 +315,8 @@ class WorkflowActor(Actor[Trigger]):
                     # Shielded: an interrupt while they are not yet written
                     # would withdraw them, and the run would vanish from the
                     # log (then its "interrupted" event is refused).
-                    with trio.CancelScope(shield=True):
-                        for pending in entry.pending:
-                            await pending.wait()
+                    for pending in entry.pending:
+                        await pending.wait(shielded=True)
                 except NerveError as e:
                     outcome = ("unrecorded", e)
                 else:
@@ -403,11 +402,10 @@ class WorkflowActor(Actor[Trigger]):
             elif result is not None:
                 handle._resolve(result, pending)
         if pending is not None:
-            with trio.CancelScope(shield=True):
-                try:
-                    await pending.wait()
-                except NerveError:
-                    pass  # the handle reports it
+            try:
+                await pending.wait(shielded=True)
+            except NerveError:
+                pass  # the handle reports it
         # Forgotten only now: `Kernel.handle` meanwhile finds this handle,
         # not a record that does not show the outcome yet.
         self.handles.pop(run_id, None)

@@ -963,18 +963,28 @@ class PendingAppend:
         """Whether the outcome is known."""
         return self._request.done
 
-    async def wait(self) -> AppendResult:
+    async def wait(self, *, shielded: bool = False) -> AppendResult:
         """Wait until the append is durable and return its result.
 
         Raises what the append raised (`WrongExpectedVersion`, ...).
         Cancelled before the writer took it, the append is withdrawn (nothing
-        written); once taken, it is waited for, so it is never reported
-        cancelled while it commits.
+        written; a later wait raises `AppendWithdrawnError`); once taken, it
+        is waited for, so it is never reported cancelled while it commits.
+        Only the first waiter withdraws: cancelling any other one just ends
+        its wait.
+
+        Args:
+            shielded: a cancellation neither withdraws the append nor ends the
+                wait: the outcome is returned (or raised) and the cancellation
+                takes effect at the caller's next checkpoint. Like waiting in
+                a shielded cancel scope, without the cost of one.
         """
-        return await _outcome(self._log, self._request)
+        return await _outcome(self._log, self._request, shielded=shielded)
 
 
-async def _outcome(log: Log, request: AppendRequest) -> AppendResult:
+async def _outcome(
+    log: Log, request: AppendRequest, *, shielded: bool = False
+) -> AppendResult:
     """Wait for ``request``'s outcome: its result, or raise its error.
 
     The first waiter parks its task in the request (the writer reschedules it
@@ -987,7 +997,7 @@ async def _outcome(log: Log, request: AppendRequest) -> AppendResult:
             request.waiter = trio.lowlevel.current_task()
 
             def abort(_: Any) -> trio.lowlevel.Abort:
-                if request.taken or request.event is not None:
+                if shielded or request.taken or request.event is not None:
                     return trio.lowlevel.Abort.FAILED  # wait for the outcome
                 request.waiter = None
                 with contextlib.suppress(ValueError):
@@ -1003,10 +1013,17 @@ async def _outcome(log: Log, request: AppendRequest) -> AppendResult:
 
             await trio.lowlevel.wait_task_rescheduled(abort)
         else:
+            # Another waiter: only the first one can withdraw the append, so
+            # cancelling this one just stops its wait.
             if request.event is None:
                 request.event = trio.Event()
-            with trio.CancelScope(shield=True):
+            if shielded:
+                with trio.CancelScope(shield=True):
+                    await request.event.wait()
+            else:
                 await request.event.wait()
+    elif shielded:
+        await trio.lowlevel.cancel_shielded_checkpoint()
     else:
         await trio.lowlevel.checkpoint()
     outcome = request.outcome
