@@ -14,7 +14,7 @@ import math
 import types
 import typing
 from collections.abc import Callable, KeysView, Mapping
-from typing import Any, TypeVar, overload
+from typing import Any, Final, TypeVar, overload
 
 import attrs
 import cattrs
@@ -348,15 +348,31 @@ def _encode_json(type: str, what: str, value: Any) -> str:
     return out.decode()
 
 
+_ATOMS: Final = frozenset({str, int, bool, type(None)})
+
+
 def _has_non_finite(value: Any) -> bool:
-    """Whether ``value`` holds a NaN or infinite float (fast: builds no paths)."""
-    if value.__class__ is float:
+    """Whether ``value`` holds a NaN or infinite float (fast: builds no paths;
+    exact classes first, the ABC checks only for other containers)."""
+    cls = value.__class__
+    if cls is float:
         return not math.isfinite(value)
-    if isinstance(value, Mapping):
-        return any(_has_non_finite(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(_has_non_finite(v) for v in value)
-    return isinstance(value, float) and not math.isfinite(value)
+    if cls in _ATOMS:
+        return False
+    if cls is dict:
+        values: Any = value.values()
+    elif cls is list or cls is tuple:
+        values = value
+    elif isinstance(value, Mapping):
+        values = value.values()
+    elif isinstance(value, list | tuple):
+        values = value
+    else:
+        return isinstance(value, float) and not math.isfinite(value)
+    for v in values:  # noqa: SIM110 (a loop: no generator per container)
+        if _has_non_finite(v):
+            return True
+    return False
 
 
 def _non_finite(value: Any, path: str) -> str | None:
