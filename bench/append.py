@@ -13,6 +13,9 @@ Figures, each the median of ``--runs`` interleaved runs:
 4. one appender alone: p50 and p99 of ``await log.append``. Target: p50 <= 1 ms.
 5. peer: the ``eventsourcing`` library's SQLite application recorder, one event
    per transaction (skipped when the package is not installed).
+6. ceiling: the same 1000 trio tasks handing one request each at a time to a
+   single writer task that wakes them in batches, with no encoding and no I/O:
+   what the runtime alone allows, as a ratio for (2).
 
 Run: ``.venv/bin/python bench/append.py [--quick] [--runs N]``.
 """
@@ -126,6 +129,50 @@ def nerve_concurrent(
     return trio.run(main)
 
 
+# -- 6. the runtime's ceiling -------------------------------------------------------
+
+
+def trio_ceiling(events: int, tasks: int) -> float:
+    """Hand-offs/s of ``tasks`` tasks parking on one writer task, no I/O."""
+    per_task = events // tasks
+
+    async def main() -> float:
+        pending: list[trio.lowlevel.Task] = []
+        idle: list[trio.lowlevel.Task] = []
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            return trio.lowlevel.Abort.FAILED
+
+        async def appender() -> None:
+            for _ in range(per_task):
+                pending.append(trio.lowlevel.current_task())
+                if idle:
+                    trio.lowlevel.reschedule(idle.pop())
+                await trio.lowlevel.wait_task_rescheduled(abort)
+
+        async def writer(total: int) -> None:
+            done = 0
+            while done < total:
+                if not pending:
+                    idle.append(trio.lowlevel.current_task())
+                    await trio.lowlevel.wait_task_rescheduled(abort)
+                batch = pending[:]
+                pending.clear()
+                await trio.lowlevel.checkpoint()  # where the commit would be
+                for task in batch:
+                    trio.lowlevel.reschedule(task)
+                done += len(batch)
+
+        t0 = c.perf_counter()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer, per_task * tasks)
+            for _ in range(tasks):
+                nursery.start_soon(appender)
+        return per_task * tasks / (c.perf_counter() - t0)
+
+    return trio.run(main)
+
+
 # -- 4. nerve, one appender --------------------------------------------------------
 
 
@@ -192,7 +239,7 @@ def main() -> None:
         baseline_events=base_events,
         latency_events=lat_events,
     )
-    base, plain, shared, fts, p50, p99, es = (c.Series() for _ in range(7))
+    base, plain, shared, fts, p50, p99, es, ceiling = (c.Series() for _ in range(8))
     plain_info = fts_info = ""
     synchronous = None
     for run in range(1, args.runs + 1):
@@ -206,6 +253,8 @@ def main() -> None:
         c.progress(f"run {run}/{args.runs}: nerve, {tasks} appenders, fts=True")
         rate, fts_info = nerve_concurrent(args, events, tasks, fts=True)
         fts.add(rate)
+        c.progress(f"run {run}/{args.runs}: ceiling, trio hand-offs alone")
+        ceiling.add(trio_ceiling(events, tasks))
         c.progress(f"run {run}/{args.runs}: nerve, one appender")
         lo, hi = nerve_latency(args, lat_events)
         p50.add(lo)
@@ -272,6 +321,14 @@ def main() -> None:
         f"baseline mean {1000 / b:.3f} ms per commit",
     )
     r.add("nerve: one appender, p99 latency", p99, "ms")
+    r.add(
+        f"ceiling: {tasks} tasks hand off, no I/O",
+        ceiling,
+        "hand-offs/s",
+        baseline=b,
+        note="trio's park/wake of the appenders alone, no encoding, no SQLite: "
+        f"nerve fts=False reaches {plain.median / ceiling.median:.0%} of it",
+    )
     r.print()
 
 
