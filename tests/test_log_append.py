@@ -322,31 +322,30 @@ async def test_a_shielded_wait_neither_withdraws_nor_ends_early(
     log: nerve.Log,
 ) -> None:
     results: list[nerve.AppendResult] = []
-    async with trio.open_nursery() as nursery:
-        async with writer_held(log):
-            pending = log.submit("s", NewEvent("test.e", {"i": 1}))
-            other = log.submit("s", NewEvent("test.e", {"i": 2}))
+    async with trio.open_nursery() as nursery, writer_held(log):
+        pending = log.submit("s", NewEvent("test.e", {"i": 1}))
+        other = log.submit("s", NewEvent("test.e", {"i": 2}))
 
-            async def shielded() -> None:
-                with trio.CancelScope() as scope:
-                    scope.cancel()
-                    # Cancelled before the writer took it, yet not withdrawn:
-                    # the wait goes on until the outcome is known.
-                    results.append(await pending.wait(shielded=True))
-
-            nursery.start_soon(shielded)
-            await trio.testing.wait_all_tasks_blocked()
-            # A second waiter's cancellation ends its wait, withdraws nothing.
+        async def shielded() -> None:
             with trio.CancelScope() as scope:
                 scope.cancel()
-                await pending.wait()
-            assert scope.cancelled_caught
-            # The first waiter of `other`, cancelled: it is withdrawn.
-            with trio.CancelScope() as scope:
-                scope.cancel()
-                await other.wait()
-            assert results == []
-            assert not pending.done
+                # Cancelled before the writer took it, yet not withdrawn:
+                # the wait goes on until the outcome is known.
+                results.append(await pending.wait(shielded=True))
+
+        nursery.start_soon(shielded)
+        await trio.testing.wait_all_tasks_blocked()
+        # A second waiter's cancellation ends its wait, withdraws nothing.
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await pending.wait()
+        assert scope.cancelled_caught
+        # The first waiter of `other`, cancelled: it is withdrawn.
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await other.wait()
+        assert results == []
+        assert not pending.done
     assert results == [nerve.AppendResult("s", 1, 1, 1)]
     assert [e.data for e in await read_all(log)] == [{"i": 1}]
     with pytest.raises(nerve.AppendWithdrawnError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sys
 import threading
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
@@ -1550,15 +1551,25 @@ async def test_attach_rebuilds_when_its_checkpoint_was_archived(
         assert await verify(log, [WorkflowRuns()]) == []
 
 
-async def test_leftover_rebuild_files_break_nothing(data_dir: Path) -> None:
+async def test_leftover_rebuild_files_are_swept(data_dir: Path) -> None:
     async with nerve.open_log(data_dir) as log:
         await run_to(log, "a", "started")
         await attach_inline(log, WorkflowRuns())
-    # What a rebuild killed by another pid leaves behind.
-    stale = data_dir / ".rebuild-workflow_runs-999999.db"
-    stale.write_bytes(os.urandom(4096))
+    # What rebuilds killed in a process that is gone leave behind...
+    gone = await _dead_pid()
+    stale = [
+        data_dir / f".rebuild-workflow_runs-{gone}-0badcafe.db",
+        data_dir / f".rebuild-workflow_runs-{gone}-0badcafe.db-wal",
+        data_dir / f"senses/.rebuild-signals_g-{gone}-12345678.db",
+    ]
     (data_dir / "senses").mkdir()
-    (data_dir / "senses/.rebuild-signals_g-999999.db").write_bytes(b"junk")
+    for path in stale:
+        path.write_bytes(os.urandom(4096))
+    # ...and what a live rebuild (this process) or someone else uses.
+    busy = data_dir / f".rebuild-workflow_runs-{os.getpid()}-feedf00d.db"
+    busy.write_bytes(b"in use")
+    unrelated = data_dir / ".rebuild-notes.txt"
+    unrelated.write_bytes(b"mine")
     async with nerve.open_log(data_dir) as log:
         await attach_inline(log, WorkflowRuns())
         await rebuild(log, WorkflowRuns())
@@ -1567,3 +1578,13 @@ async def test_leftover_rebuild_files_break_nothing(data_dir: Path) -> None:
             await runner.wait_for(log.head)
             await rebuild(log, Signals("g"), runner=runner)
         assert await verify(log, [WorkflowRuns(), Signals("g")]) == []
+    assert [p for p in stale if p.exists()] == []
+    assert busy.read_bytes() == b"in use"
+    assert unrelated.read_bytes() == b"mine"
+
+
+async def _dead_pid() -> int:
+    """The pid of a process that has ended (and was reaped)."""
+    child = await trio.lowlevel.open_process([sys.executable, "-c", "pass"])
+    await child.wait()
+    return child.pid

@@ -30,6 +30,7 @@ from nerve.projections import (
     ProjectionRunner,
     WorkflowRuns,
     attach_inline,
+    rebuild,
     replay,
     verify,
 )
@@ -336,9 +337,14 @@ async def test_kill_9_during_a_workflow_runs_rebuild(tmp_path: Path) -> None:
         check_runs_inline(data_dir)
         async with nerve.open_log(data_dir) as log:
             assert await verify(log, [WorkflowRuns()]) == []
-    # Killed mid-rebuild, the children left their fresh databases behind.
+    # Killed mid-rebuild, the children left their fresh databases behind...
     assert leftovers(data_dir)
     await final_check_runs(data_dir, tmp_path)
+    # ...which the next rebuild sweeps.
+    async with nerve.open_log(data_dir) as log:
+        await rebuild(log, WorkflowRuns())
+        assert await verify(log, [WorkflowRuns()]) == []
+    assert leftovers(data_dir) == []
 
 
 async def test_kill_9_during_a_signals_rebuild(tmp_path: Path) -> None:

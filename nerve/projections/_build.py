@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -226,6 +227,45 @@ def copy_in(
         write_checkpoint(conn, p, position)
 
 
+_LEFTOVER = re.compile(r"\.rebuild-.+-(\d+)-[0-9a-f]{8}\.db(-wal|-shm|-journal)?")
+
+
+def sweep_leftovers(folder: Path) -> list[Path]:
+    """Delete the fresh databases of rebuilds whose process is gone.
+
+    A rebuild killed mid-way (``kill -9``, power loss) leaves its
+    ``.rebuild-<name>-<pid>-<token>.db`` behind; nothing reads it, and the
+    next rebuild in the same folder removes it. A file whose process still
+    runs is another rebuild at work and is left alone. Returns what was
+    deleted.
+    """
+    removed: list[Path] = []
+    try:
+        candidates = list(folder.iterdir())
+    except OSError:
+        return removed
+    for path in candidates:
+        m = _LEFTOVER.fullmatch(path.name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # exists (another user's), or not a pid: leave it
+    return True
+
+
 @contextlib.contextmanager
 def temporary_db(folder: Path, name: str) -> Iterator[Path]:
     """A path for a temporary database in ``folder``, removed afterwards.
@@ -234,6 +274,7 @@ def temporary_db(folder: Path, name: str) -> Iterator[Path]:
     running at once must not share (and delete) each other's fresh database.
     """
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    sweep_leftovers(folder)
     path = folder / f".rebuild-{safe}-{os.getpid()}-{secrets.token_hex(4)}.db"
     remove_db(path)
     try:
