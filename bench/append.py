@@ -13,7 +13,10 @@ Figures, each the median of ``--runs`` interleaved runs:
 4. one appender alone: p50 and p99 of ``await log.append``. Target: p50 <= 1 ms.
 5. peer: the ``eventsourcing`` library's SQLite application recorder, one event
    per transaction (skipped when the package is not installed).
-6. ceiling: the same 1000 trio tasks handing one request each at a time to a
+6. floor: raw apsw writing the same rows in transactions of 1000 (one
+   ``executemany`` + COMMIT each, same schema, 1000 streams), rows built
+   beforehand: SQLite's own cost for this workload, no Python per event.
+7. ceiling: the same 1000 trio tasks handing one request each at a time to a
    single writer task that wakes them in batches, with no encoding and no I/O:
    what the runtime alone allows, as a ratio for (2).
 
@@ -129,7 +132,41 @@ def nerve_concurrent(
     return trio.run(main)
 
 
-# -- 6. the runtime's ceiling -------------------------------------------------------
+# -- 6. SQLite's floor --------------------------------------------------------------
+
+
+def sqlite_floor(args, events: int, streams: int = STREAMS) -> float:
+    """Rows/s of executemany + COMMIT alone, 1000 rows per transaction."""
+    with c.temp_dir(args, "floor") as d:
+        conn = apsw.Connection(str(d / "logs.db"))
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(LOGS_DDL)
+            ts = int(time.time() * 1000)
+            digest = hashlib.sha256(b"row").digest()
+            batches = []
+            for b in range(events // 1000):
+                batch = []
+                for i in range(1000):
+                    n = b * 1000 + i
+                    text = orjson.dumps(payload(n, i)).decode()
+                    row = (n + 1, f"s{i % streams}", n // streams + 1, TYPE, 1, "")
+                    batch.append((*row, ts, text, None, None, digest))
+                batches.append(batch)
+            elapsed = 0.0
+            for batch in batches:
+                t0 = c.perf_counter()
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(INSERT, batch)
+                conn.execute("COMMIT")
+                elapsed += c.perf_counter() - t0
+            return len(batches) * 1000 / elapsed
+        finally:
+            conn.close()
+
+
+# -- 7. the runtime's ceiling -------------------------------------------------------
 
 
 def trio_ceiling(events: int, tasks: int) -> float:
@@ -239,7 +276,8 @@ def main() -> None:
         baseline_events=base_events,
         latency_events=lat_events,
     )
-    base, plain, shared, fts, p50, p99, es, ceiling = (c.Series() for _ in range(8))
+    base, plain, shared, fts, p50, p99, es = (c.Series() for _ in range(7))
+    floor, ceiling = c.Series(), c.Series()
     plain_info = fts_info = ""
     synchronous = None
     for run in range(1, args.runs + 1):
@@ -253,6 +291,8 @@ def main() -> None:
         c.progress(f"run {run}/{args.runs}: nerve, {tasks} appenders, fts=True")
         rate, fts_info = nerve_concurrent(args, events, tasks, fts=True)
         fts.add(rate)
+        c.progress(f"run {run}/{args.runs}: floor, SQLite alone")
+        floor.add(sqlite_floor(args, events))
         c.progress(f"run {run}/{args.runs}: ceiling, trio hand-offs alone")
         ceiling.add(trio_ceiling(events, tasks))
         c.progress(f"run {run}/{args.runs}: nerve, one appender")
@@ -321,6 +361,15 @@ def main() -> None:
         f"baseline mean {1000 / b:.3f} ms per commit",
     )
     r.add("nerve: one appender, p99 latency", p99, "ms")
+    r.add(
+        "floor: SQLite alone, 1000-row transactions",
+        floor,
+        "events/s",
+        baseline=b,
+        note="the same rows (1000 streams) by executemany + COMMIT, built "
+        "beforehand: what SQLite itself allows for this workload; nerve "
+        f"fts=False reaches {plain.median / floor.median:.0%} of it",
+    )
     r.add(
         f"ceiling: {tasks} tasks hand off, no I/O",
         ceiling,
