@@ -280,6 +280,10 @@ class Kernel:
 
     async def _shutdown(self) -> None:
         self.closing = True
+        for actor in self.workflows.values():
+            # Stop admitting now, before any other task runs: a trigger still
+            # in a mailbox must not start a run the drain then interrupts.
+            actor.closing = True
         for senses in self.senses.values():
             senses.stop()
         async with trio.open_nursery() as nursery:

@@ -7,6 +7,7 @@ Every test that involves time runs on the `autojump_clock` (virtual time).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,39 @@ async def test_mailbox_fail_raises_mailbox_full() -> None:
     assert actor.seen == [0, 1, 2]
     # Refused is not dropped: the sender knows.
     assert actor.statistics().dropped == 0
+
+
+async def test_a_backlog_is_consumed_in_batches_with_schedule_points() -> None:
+    from nerve.actors._mailbox import YIELD_EVERY
+
+    box: Mailbox[int] = Mailbox(capacity=1000)
+    for i in range(200):
+        box.put_nowait(i)
+    got: list[int] = []
+    seen: list[int] = []
+
+    async def consumer() -> None:
+        for _ in range(200):
+            got.append(await box.get())  # noqa: PERF401 (an await per item)
+
+    async def watcher() -> None:
+        while len(got) < 200:
+            seen.append(len(got))
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consumer)
+        nursery.start_soon(watcher)
+    assert got == list(range(200))  # FIFO
+    # Other tasks ran while it worked through the backlog...
+    assert any(0 < n < 200 for n in seen)
+    # ...the consumer yielding once per YIELD_EVERY + 1 messages, not once per
+    # message (the watcher may run after two of its turns: trio orders each
+    # pass's runnable tasks at random).
+    steps = [b - a for a, b in itertools.pairwise(seen) if b > a]
+    assert len(steps) >= 200 // (2 * (YIELD_EVERY + 1))
+    assert max(steps) <= 2 * (YIELD_EVERY + 1)
+    assert min(steps) > 1
 
 
 def test_mailbox_rejects_a_bad_capacity_or_policy() -> None:

@@ -352,6 +352,26 @@ async def test_a_shielded_wait_neither_withdraws_nor_ends_early(
         await other.wait()
 
 
+async def test_on_done_runs_once_the_append_is_durable(log: nerve.Log) -> None:
+    calls: list[tuple[str, int]] = []
+
+    def on_disk() -> int:  # what another connection sees
+        return int(db_rows(log.path, "SELECT count(*) FROM logs")[0][0])
+
+    async with writer_held(log):
+        pending = log.submit("s", NewEvent("test.e", {"i": 1}))
+        pending.on_done(lambda: calls.append(("first", on_disk())))
+        pending.on_done(lambda: calls.append(("second", on_disk())))
+        await trio.testing.wait_all_tasks_blocked()
+        assert calls == []  # not written yet
+    await pending.wait()
+    # Called in order, once each, when the event was committed.
+    assert calls == [("first", 1), ("second", 1)]
+    # Already done: called at once.
+    pending.on_done(lambda: calls.append(("late", on_disk())))
+    assert calls == [("first", 1), ("second", 1), ("late", 1)]
+
+
 async def test_an_append_cancelled_while_it_commits_reports_its_result(
     log: nerve.Log, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -81,9 +81,14 @@ class RunHandle:
                 queued, or was started and will resume at the next start).
             NerveError: the run's events could not be written.
         """
-        await self._done.wait()
-        if self._pending is not None:
-            await self._pending.wait()
+        if not self._done.is_set():
+            await self._done.wait()
+            if self._pending is not None:
+                await self._pending.wait()
+        elif self._pending is not None:
+            await self._pending.wait()  # one schedule point when all is done
+        else:
+            await trio.lowlevel.checkpoint()
         if self._error is not None:
             raise self._error
         assert self._outcome is not None

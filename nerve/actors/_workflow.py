@@ -401,14 +401,16 @@ class WorkflowActor(Actor[Trigger]):
                 handle._fail(error)
             elif result is not None:
                 handle._resolve(result, pending)
-        if pending is not None:
-            try:
-                await pending.wait(shielded=True)
-            except NerveError:
-                pass  # the handle reports it
-        # Forgotten only now: `Kernel.handle` meanwhile finds this handle,
-        # not a record that does not show the outcome yet.
-        self.handles.pop(run_id, None)
+        # Forgotten once the outcome is durable: `Kernel.handle` meanwhile
+        # finds this handle, not a record that does not show the outcome yet.
+        if pending is None:
+            self.handles.pop(run_id, None)
+        else:
+            pending.on_done(lambda: self._forget(run_id, handle))
+
+    def _forget(self, run_id: str, handle: RunHandle | None) -> None:
+        if handle is None or self.handles.get(run_id) is handle:
+            self.handles.pop(run_id, None)
 
     # -- shutdown -------------------------------------------------------------------
 

@@ -963,6 +963,22 @@ class PendingAppend:
         """Whether the outcome is known."""
         return self._request.done
 
+    def on_done(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once the outcome is known (at once if it is).
+
+        It runs on the event loop, inside the log's writer task, right after
+        the batch commits: it must be quick, must not block, and must not
+        raise (an exception there stops the writer). Cheaper than a task
+        parked in `wait` only to act once the append is durable.
+        """
+        request = self._request
+        if request.done:
+            callback()
+        elif request.callbacks is None:
+            request.callbacks = [callback]
+        else:
+            request.callbacks.append(callback)
+
     async def wait(self, *, shielded: bool = False) -> AppendResult:
         """Wait until the append is durable and return its result.
 

@@ -74,6 +74,7 @@ class AppendRequest:
 
     __slots__ = (
         "big",
+        "callbacks",
         "done",
         "event",
         "events",
@@ -110,6 +111,7 @@ class AppendRequest:
         """The task parked until the outcome is known (see `Log.append`)."""
         self.event: trio.Event | None = None
         """For any further waiters (`PendingAppend.wait` called twice)."""
+        self.callbacks: list[Callable[[], None]] | None = None
 
     def finish(self, outcome: AppendResult | BaseException) -> None:
         """Record the outcome and wake whoever waits for it."""
@@ -121,6 +123,9 @@ class AppendRequest:
             trio.lowlevel.reschedule(waiter)
         if self.event is not None:
             self.event.set()
+        if self.callbacks is not None:
+            for callback in self.callbacks:
+                callback()
 
 
 class InlineHook(Protocol):
