@@ -352,6 +352,19 @@ async def test_a_shielded_wait_neither_withdraws_nor_ends_early(
         await other.wait()
 
 
+async def test_result_of_a_finished_append(log: nerve.Log) -> None:
+    async with writer_held(log):
+        ok = log.submit("s", NewEvent("test.e"), expected_version=NO_STREAM)
+        refused = log.submit("s", NewEvent("test.e"), expected_version=NO_STREAM)
+        with pytest.raises(RuntimeError, match="not finished"):
+            ok.result()
+    with pytest.raises(nerve.WrongExpectedVersion):
+        await refused.wait()
+    assert ok.result() == nerve.AppendResult("s", 1, 1, 1)
+    with pytest.raises(nerve.WrongExpectedVersion):
+        refused.result()
+
+
 async def test_on_done_runs_once_the_append_is_durable(log: nerve.Log) -> None:
     calls: list[tuple[str, int]] = []
 

@@ -303,7 +303,27 @@ class WorkflowActor(Actor[Trigger]):
         self._transition(entry.run_id, "started")
         self._alive += 1
         self._all_done = trio.Event()
-        self._runs.start_soon(self._run, entry, scope, name=f"run {entry.run_id}")
+        # The run's task starts once its events are durable: it would only
+        # wait for them (a park and a wake-up per run).
+        last = entry.pending[-1] if entry.pending else None
+        if last is None or last.done:
+            self._spawn(entry, scope)
+        else:
+            last.on_done(lambda: self._spawn(entry, scope))
+
+    def _spawn(self, entry: _Entry, scope: trio.CancelScope) -> None:
+        assert self._runs is not None
+        try:
+            self._runs.start_soon(self._run, entry, scope, name=f"run {entry.run_id}")
+        except RuntimeError:
+            # The actor failed meanwhile and its nursery is closed: the run
+            # stays started in the log and is recovered as crashed next start.
+            self._run_ended()
+
+    def _run_ended(self) -> None:
+        self._alive -= 1
+        if not self._alive:
+            self._all_done.set()
 
     async def _run(self, entry: _Entry, scope: trio.CancelScope) -> None:
         spec = self.spec
@@ -316,7 +336,10 @@ class WorkflowActor(Actor[Trigger]):
                     # would withdraw them, and the run would vanish from the
                     # log (then its "interrupted" event is refused).
                     for pending in entry.pending:
-                        await pending.wait(shielded=True)
+                        if pending.done:
+                            pending.result()
+                        else:
+                            await pending.wait(shielded=True)
                 except NerveError as e:
                     outcome = ("unrecorded", e)
                 else:
@@ -327,9 +350,7 @@ class WorkflowActor(Actor[Trigger]):
                         outcome = ("failed", e)
             await self._finish(entry.run_id, outcome, handle)
         finally:
-            self._alive -= 1
-            if not self._alive:
-                self._all_done.set()
+            self._run_ended()
 
     async def _make_run(self, entry: _Entry) -> Run:
         messages: list[ThreadMessage] = []

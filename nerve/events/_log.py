@@ -963,6 +963,21 @@ class PendingAppend:
         """Whether the outcome is known."""
         return self._request.done
 
+    def result(self) -> AppendResult:
+        """The outcome of a finished append: its result, or raise its error.
+
+        Raises:
+            RuntimeError: it is not finished yet (see `done`).
+        """
+        request = self._request
+        if not request.done:
+            raise RuntimeError("the append is not finished yet; await wait()")
+        outcome = request.outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert outcome is not None
+        return outcome
+
     def on_done(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` once the outcome is known (at once if it is).
 
