@@ -136,14 +136,12 @@ class Kernel:
             )
         handle = RunHandle(run_id or new_run_id(), workflow)
         # Encode here, and check the run's stream name, so a bad payload or
-        # run id fails its caller, not the actor.
-        self.log._prepare(
-            run_stream(handle.run_id),
-            NewEvent("workflow.run.queued", RunQueued(workflow, payload)),
-            None,
-            None,
+        # run id fails its caller, not the actor (which reuses the encoding).
+        queued = self.log._encode(
+            NewEvent("workflow.run.queued", RunQueued(workflow, payload, trigger))
         )
-        await actor.tell(Trigger(handle.run_id, payload, trigger, handle))
+        self.log._prepare(run_stream(handle.run_id), [queued], None, None)
+        await actor.tell(Trigger(handle.run_id, payload, trigger, handle, queued))
         return handle
 
     async def handle(self, run_id: str) -> RunHandle:

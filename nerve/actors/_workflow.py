@@ -51,6 +51,7 @@ from nerve.events._vocabulary import (
     ThreadMessage,
     run_stream,
 )
+from nerve.events._writer import EncodedEvent
 
 from ._actor import Actor
 from ._app import WorkflowSpec
@@ -81,6 +82,8 @@ class Trigger:
     payload: Any
     trigger: str
     handle: RunHandle
+    queued: EncodedEvent | None = None
+    """Its ``workflow.run.queued`` event, encoded (and so checked) already."""
 
 
 @attrs.define(eq=False)
@@ -137,6 +140,7 @@ class WorkflowActor(Actor[Trigger]):
         self.counts = dict.fromkeys(
             ("started", "completed", "failed", "dropped", "interrupted"), 0
         )
+        self._started_1: EncodedEvent | None = None
         self.on_transition: Callable[[str, str], None] | None = None
         """Called with (run id, status) at every decision (tests observe it)."""
 
@@ -208,18 +212,16 @@ class WorkflowActor(Actor[Trigger]):
             return
         self.handles[t.run_id] = t.handle
         stream = run_stream(t.run_id)
-        queued = NewEvent(
-            "workflow.run.queued", RunQueued(spec.name, t.payload, t.trigger)
+        queued = t.queued or self.log._encode(
+            NewEvent("workflow.run.queued", RunQueued(spec.name, t.payload, t.trigger))
         )
         if (
             len(self.running) < spec.concurrency
             and not self.queue
             and not self.closing  # a trigger still in the mailbox at shutdown
         ):
-            pending = self.log.submit(
-                stream,
-                [queued, NewEvent("workflow.run.started", RunStarted(1, False))],
-                expected_version=NO_STREAM,
+            pending = self.log._submit_encoded(
+                stream, [queued, self._first_start()], NO_STREAM
             )
             self._start(_Entry(t.run_id, t.payload, 1, False, [pending]))
         elif spec.overflow == "drop" or spec.max_queue == 0:
@@ -230,21 +232,29 @@ class WorkflowActor(Actor[Trigger]):
                 if spec.overflow == "drop"
                 else "overflow: the queue holds at most 0 runs"
             )
-            pending = self.log.submit(
-                stream,
-                [queued, NewEvent("workflow.run.dropped", RunDropped(reason))],
-                expected_version=NO_STREAM,
+            dropped = self.log._encode(
+                NewEvent("workflow.run.dropped", RunDropped(reason))
             )
+            pending = self.log._submit_encoded(stream, [queued, dropped], NO_STREAM)
             self._dropped(t.run_id, reason, pending)
         else:
             if len(self.queue) - self._resuming >= spec.max_queue:
                 self._evict_oldest()
-            pending = self.log.submit(stream, queued, expected_version=NO_STREAM)
+            pending = self.log._submit_encoded(stream, [queued], NO_STREAM)
             self.queue.append(_Entry(t.run_id, t.payload, 1, False, [pending]))
             self._transition(t.run_id, "queued")
             if self.closing:  # it stays queued: the next start admits it
                 del self.handles[t.run_id]
                 t.handle._fail(closed_error(t.run_id))
+
+    def _first_start(self) -> EncodedEvent:
+        """The ``started`` event of a first attempt: the same for every run,
+        so encoded once."""
+        if self._started_1 is None:
+            self._started_1 = self.log._encode(
+                NewEvent("workflow.run.started", RunStarted(1, False))
+            )
+        return self._started_1
 
     def _evict_oldest(self) -> None:
         for entry in self.queue:
@@ -278,15 +288,22 @@ class WorkflowActor(Actor[Trigger]):
             entry = self.queue.popleft()
             if entry.resumed:
                 self._resuming -= 1
-            entry.pending.append(
-                self.log.submit(
-                    run_stream(entry.run_id),
+            started = (
+                self._first_start()
+                if entry.attempt == 1 and not entry.resumed
+                else self.log._encode(
                     NewEvent(
                         "workflow.run.started", RunStarted(entry.attempt, entry.resumed)
-                    ),
+                    )
+                )
+            )
+            entry.pending.append(
+                self.log._submit_encoded(
+                    run_stream(entry.run_id),
+                    [started],
                     # A queued run's stream holds its queued event only; if
                     # that was refused (a duplicate id), so is this.
-                    expected_version=None if entry.resumed else 1,
+                    None if entry.resumed else 1,
                 )
             )
             self._start(entry)

@@ -326,10 +326,15 @@ class Log:
     def _prepare(
         self,
         stream: str,
-        events: NewEvent | Iterable[NewEvent],
+        events: NewEvent | Iterable[NewEvent] | Sequence[EncodedEvent],
         expected: int | ExpectedVersion | None,
         key: str | None,
     ) -> AppendRequest:
+        """Check and encode an append: everything but writing it.
+
+        ``events`` may also be events `_encode` already encoded (an actor
+        reusing the encoding of a constant event, or of one checked earlier).
+        """
         if stream.__class__ is not str or not stream or len(stream) > 1000:
             raise InvalidEventError(
                 f"stream must be a non-empty string of at most 1000 characters, "
@@ -353,31 +358,47 @@ class Log:
             )
         encoded: list[EncodedEvent] = []
         big = False
-        encode = self.registry.encode
         threshold = self.blob_threshold
-        known = self._type_names
         for ev in events:
-            if ev.__class__ is not NewEvent and not isinstance(ev, NewEvent):
-                raise InvalidEventError(
-                    f"append to {stream!r}: expected NewEvent objects, got "
-                    f"{ev.__class__.__qualname__}"
-                )
-            type_ = ev.type
-            if type_ not in known:
-                check_type_name(type_)
-                if len(known) < 10_000:
-                    known.add(type_)
-            payload, type_version, data = encode(type_, ev.data)
-            meta_obj = ev.meta
-            meta = encode_meta(type_, meta_obj) if meta_obj else None
-            if len(payload) * 4 > threshold:  # else it fits, whatever its UTF-8
-                big = big or _too_big(payload, threshold)
-            encoded.append(
-                EncodedEvent(type_, type_version, payload, None, meta, data, meta_obj)
-            )
+            e = ev if ev.__class__ is EncodedEvent else self._encode(ev, stream)
+            payload = e.payload
+            if payload is not None and len(payload) * 4 > threshold:
+                big = big or _too_big(payload, threshold)  # else it fits anyway
+            encoded.append(e)
         if not encoded:
             raise InvalidEventError(f"append to {stream!r} needs at least one event")
         return AppendRequest(stream, encoded, expected, key, self.source, big=big)
+
+    def _encode(self, ev: Any, stream: str = "") -> EncodedEvent:
+        """Check and encode one event (`EventEncodingError` if it cannot be)."""
+        if ev.__class__ is not NewEvent and not isinstance(ev, NewEvent):
+            where = f"append to {stream!r}: " if stream else ""
+            raise InvalidEventError(
+                f"{where}expected NewEvent objects, got {ev.__class__.__qualname__}"
+            )
+        type_ = ev.type
+        known = self._type_names
+        if type_ not in known:
+            check_type_name(type_)
+            if len(known) < 10_000:
+                known.add(type_)
+        payload, type_version, data = self.registry.encode(type_, ev.data)
+        meta_obj = ev.meta
+        meta = encode_meta(type_, meta_obj) if meta_obj else None
+        return EncodedEvent(type_, type_version, payload, None, meta, data, meta_obj)
+
+    def _submit_encoded(
+        self,
+        stream: str,
+        events: Sequence[EncodedEvent],
+        expected: int | ExpectedVersion | None = None,
+    ) -> PendingAppend:
+        """`submit` events `_encode` already encoded."""
+        self._check_open()
+        request = self._prepare(stream, events, expected, None)
+        self._pending.append(request)
+        self._wakeup.set()
+        return PendingAppend(self, request)
 
     def _check_open(self) -> None:
         if self._closed:
