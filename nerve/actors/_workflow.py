@@ -319,7 +319,8 @@ class WorkflowActor(Actor[Trigger]):
         self.counts["started"] += 1
         self._transition(entry.run_id, "started")
         self._alive += 1
-        self._all_done = trio.Event()
+        if self._all_done.is_set():  # a new Event only when it was idle
+            self._all_done = trio.Event()
         # The run's task starts once its events are durable: it would only
         # wait for them (a park and a wake-up per run).
         last = entry.pending[-1] if entry.pending else None
