@@ -61,6 +61,7 @@ class EventRegistry:
     def __init__(self) -> None:
         self._by_type: dict[str, EventClass] = {}
         self._by_cls: dict[builtins.type[Any], EventClass] = {}
+        self._flat: dict[str, tuple[int, builtins.type[Any]]] = {}
         self.converter = make_converter()
         from ._vocabulary import register_vocabulary
 
@@ -142,12 +143,22 @@ class EventRegistry:
         names = tuple(f.name for f in attrs.fields(cls)) if flat else ()
         entry = EventClass(type, cls, version, ups, flat, names)
         self._by_type[type] = entry
+        if flat:
+            self._flat[type] = (version, cls)
+        else:
+            self._flat.pop(type, None)
         self._by_cls[cls] = entry
         return cls
 
     def lookup(self, type: str) -> EventClass | None:
         """The registration for a type name, or None."""
         return self._by_type.get(type)
+
+    @property
+    def flat_classes(self) -> Mapping[str, tuple[int, builtins.type[Any]]]:
+        """Type name -> (schema version, class) of the registered classes whose
+        payloads decode as ``cls(**payload)`` (fields of JSON types only)."""
+        return self._flat
 
     @property
     def registered_types(self) -> KeysView[str]:

@@ -618,6 +618,7 @@ class Log:
         the common case (an inline payload) decoded without a call per field.
         """
         registered = self.registry.registered_types
+        flat = self.registry.flat_classes
         loads = _loads
         new = tuple.__new__  # RecordedEvent(...) without its Python __new__
         cls = RecordedEvent
@@ -627,10 +628,27 @@ class Log:
             for row in rows:
                 # (position, stream, version, type, type_version, source, ts,
                 # payload, blob, meta): the `logs` columns a read selects
-                position, stream, version, type_, _, source, ts, payload, _, meta = row
-                if payload is None or type_ in registered:
+                position, stream, version, type_, tv, source, ts, payload, _, meta = row
+                if payload is None:
                     out.append(self.decode_row(row))
                     continue
+                if type_ in registered:
+                    # A flat class at its current version: ``cls(**payload)``;
+                    # anything else (upcasts, cattrs, errors) by decode_row.
+                    data = None
+                    known = flat.get(type_)
+                    if known is not None and known[0] == tv:
+                        raw = loads(payload)
+                        if raw.__class__ is dict:
+                            try:
+                                data = known[1](**raw)
+                            except Exception:
+                                data = None
+                    if data is None:
+                        out.append(self.decode_row(row))
+                        continue
+                else:
+                    data = loads(payload)
                 out.append(
                     new(
                         cls,
@@ -640,7 +658,7 @@ class Log:
                             version,
                             type_,
                             ts,
-                            loads(payload),
+                            data,
                             empty if meta is None else loads(meta),
                             source,
                         ),
