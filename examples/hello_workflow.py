@@ -34,7 +34,9 @@ COLORS = {"queued": "cyan", "started": "yellow", "completed": "green", "dropped"
 
 def runs_table(runs: list[RunRecord], title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("run", "payload", "status", "result / error"):
+    # Run ids start with their time: keep them whole (the end tells them apart).
+    table.add_column("run", no_wrap=True, min_width=28)
+    for column in ("payload", "status", "result / error"):
         table.add_column(column)
     for r in runs:
         color = COLORS.get(r.status, "red")

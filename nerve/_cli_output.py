@@ -190,7 +190,9 @@ def status_text(status: str) -> str:
 
 def runs_table(runs: list[RunRecord], title: str | None = None) -> Table:
     table = Table(title=title, show_edge=False, header_style="bold")
-    for name in ("run", "workflow", "status", "attempt", "queued", "took"):
+    # Run ids start with their time: keep them whole (the end tells them apart).
+    table.add_column("run", no_wrap=True, min_width=28)
+    for name in ("workflow", "status", "attempt", "queued", "took"):
         table.add_column(name, no_wrap=True)
     table.add_column("result / error", overflow="ellipsis", no_wrap=True)
     for r in runs:
