@@ -25,9 +25,11 @@ Run: ``.venv/bin/python bench/append.py [--quick] [--runs N]``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 import uuid
+from collections.abc import Iterator
 
 import _common as c
 import apsw
@@ -73,28 +75,35 @@ def payload(n: int, task: int) -> dict[str, object]:
 # -- 1. baseline -------------------------------------------------------------------
 
 
-def baseline(args, events: int) -> float:
-    """Raw apsw, one BEGIN IMMEDIATE / INSERT / COMMIT per event: events/s."""
-    with c.temp_dir(args, "baseline") as d:
+@contextlib.contextmanager
+def raw_log(args, name: str) -> Iterator[apsw.Connection]:
+    """A fresh apsw database with nerve's ``logs`` table, WAL, synchronous=FULL."""
+    with c.temp_dir(args, name) as d:
         conn = apsw.Connection(str(d / "logs.db"))
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(LOGS_DDL)
-            prev = bytes(32)
-            t0 = c.perf_counter()
-            for i in range(events):
-                stream = f"s{i % STREAMS}"
-                text = orjson.dumps(payload(i, i % STREAMS)).decode()
-                prev = hashlib.sha256(prev + text.encode()).digest()
-                ts = int(time.time() * 1000)
-                row = (i + 1, stream, i // STREAMS + 1, TYPE, 1, "", ts, text)
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute(INSERT, (*row, None, None, prev))
-                conn.execute("COMMIT")
-            return events / (c.perf_counter() - t0)
+            yield conn
         finally:
             conn.close()
+
+
+def baseline(args, events: int) -> float:
+    """Raw apsw, one BEGIN IMMEDIATE / INSERT / COMMIT per event: events/s."""
+    with raw_log(args, "baseline") as conn:
+        prev = bytes(32)
+        t0 = c.perf_counter()
+        for i in range(events):
+            stream = f"s{i % STREAMS}"
+            text = orjson.dumps(payload(i, i % STREAMS)).decode()
+            prev = hashlib.sha256(prev + text.encode()).digest()
+            ts = int(time.time() * 1000)
+            row = (i + 1, stream, i // STREAMS + 1, TYPE, 1, "", ts, text)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(INSERT, (*row, None, None, prev))
+            conn.execute("COMMIT")
+        return events / (c.perf_counter() - t0)
 
 
 # -- 2, 3. nerve, concurrent appenders ---------------------------------------------
@@ -137,33 +146,26 @@ def nerve_concurrent(
 
 def sqlite_floor(args, events: int, streams: int = STREAMS) -> float:
     """Rows/s of executemany + COMMIT alone, 1000 rows per transaction."""
-    with c.temp_dir(args, "floor") as d:
-        conn = apsw.Connection(str(d / "logs.db"))
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute(LOGS_DDL)
-            ts = int(time.time() * 1000)
-            digest = hashlib.sha256(b"row").digest()
-            batches = []
-            for b in range(events // 1000):
-                batch = []
-                for i in range(1000):
-                    n = b * 1000 + i
-                    text = orjson.dumps(payload(n, i)).decode()
-                    row = (n + 1, f"s{i % streams}", n // streams + 1, TYPE, 1, "")
-                    batch.append((*row, ts, text, None, None, digest))
-                batches.append(batch)
-            elapsed = 0.0
-            for batch in batches:
-                t0 = c.perf_counter()
-                conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(INSERT, batch)
-                conn.execute("COMMIT")
-                elapsed += c.perf_counter() - t0
-            return len(batches) * 1000 / elapsed
-        finally:
-            conn.close()
+    with raw_log(args, "floor") as conn:
+        ts = int(time.time() * 1000)
+        digest = hashlib.sha256(b"row").digest()
+        batches = []
+        for b in range(events // 1000):
+            batch = []
+            for i in range(1000):
+                n = b * 1000 + i
+                text = orjson.dumps(payload(n, i)).decode()
+                row = (n + 1, f"s{i % streams}", n // streams + 1, TYPE, 1, "")
+                batch.append((*row, ts, text, None, None, digest))
+            batches.append(batch)
+        elapsed = 0.0
+        for batch in batches:
+            t0 = c.perf_counter()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(INSERT, batch)
+            conn.execute("COMMIT")
+            elapsed += c.perf_counter() - t0
+        return len(batches) * 1000 / elapsed
 
 
 # -- 7. the runtime's ceiling -------------------------------------------------------
