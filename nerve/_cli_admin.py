@@ -358,6 +358,11 @@ async def archive(
         return done
 
 
+async def prune_blobs(data_dir: Path, older_than: timedelta) -> list[str]:
+    async with open_cli_log(data_dir) as log:
+        return await log.prune_blobs(older_than=older_than)
+
+
 async def backup(data_dir: Path, dest: Path) -> dict[str, Any]:
     async with open_cli_log(data_dir) as log:
         head = log.head

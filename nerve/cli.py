@@ -618,6 +618,38 @@ def archive(
             )
 
 
+@cli.command("prune-blobs")
+@click.option(
+    "--older-than",
+    callback=_duration,
+    default="1h",
+    show_default=True,
+    help="Keep blobs put more recently than this (an event may be on its way).",
+)
+@json_option
+@config_option
+@data_option
+def prune_blobs(
+    older_than: timedelta, as_json: bool, config_path: Path | None, data: Path | None
+) -> None:
+    """Delete stored blobs that no event names (left by refused appends).
+
+    A blob is kept when any event, hot or archived, refers to it by its
+    digest, or when it was put within --older-than.
+    """
+    data_dir = Target(config_path, data).existing()
+    out = Output()
+    removed = run_trio(admin.prune_blobs, data_dir, older_than)
+    if as_json:
+        out.json(removed)
+    elif not removed:
+        out.note("no blob to prune")
+    else:
+        for digest in removed:
+            out.line(f"pruned {digest}")
+        out.line(f"{len(removed)} blobs pruned")
+
+
 @cli.command()
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 @json_option

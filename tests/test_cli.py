@@ -328,6 +328,23 @@ def test_backup(history: Path, tmp_path: Path) -> None:
     assert "exists" in error(1, "backup", dest, "--data", history)
 
 
+def test_prune_blobs(history: Path) -> None:
+    blobs = history / "blobs"
+    stored = sorted(p for p in blobs.rglob("*") if p.is_file())
+    assert stored  # the history holds blobs its events name
+    orphan = blobs / ("ab" * 32)[:2] / ("ab" * 32)[2:]
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_bytes(b"named by no event")
+    for path in [*stored, orphan]:
+        os.utime(path, (0, 0))  # all old
+    text = ok("prune-blobs", "--data", history).stdout
+    assert "pruned " + "ab" * 32 in text
+    assert "1 blobs pruned" in text
+    assert sorted(p for p in blobs.rglob("*") if p.is_file()) == stored
+    assert orjson.loads(ok("prune-blobs", "--json", "--data", history).stdout) == []
+    assert "hash chain: intact" in ok("verify", "--data", history).stdout
+
+
 def test_doctor(history: Path) -> None:
     text = ok("doctor", "--data", history).stdout
     assert "healthy" in text
@@ -427,7 +444,8 @@ def test_help_lists_every_command() -> None:
     text = ok("--help").stdout
     for command in (
         "run", "trigger", "runs", "run-show", "log", "replay", "projections",
-        "verify", "archive", "backup", "doctor", "stats", "knowledge",
+        "verify", "archive", "prune-blobs", "backup", "doctor", "stats",
+        "knowledge",
     ):  # fmt: skip
         assert f"  {command} " in text
 

@@ -9,6 +9,7 @@ import os
 import stat
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -819,6 +820,79 @@ async def test_identical_large_payloads_are_stored_once(data_dir: Path) -> None:
     assert len({b for (b,) in blobs}) == 1
     files = [p for p in (data_dir / "blobs").rglob("*") if p.is_file()]
     assert len(files) == 1
+
+
+def _age(data_dir: Path, digest: str, seconds: float) -> None:
+    """Make a stored blob look ``seconds`` old."""
+    path = data_dir / "blobs" / digest[:2] / digest[2:]
+    then = path.stat().st_mtime - seconds
+    os.utime(path, (then, then))
+
+
+async def test_prune_blobs_deletes_only_what_no_event_names(data_dir: Path) -> None:
+    big = {"text": "x" * 5000}
+    async with nerve.open_log(data_dir, blob_threshold=1024) as log:
+        kept = (await log.append("s", NewEvent("test.big", big))).first_position
+        # Refused after its payload went to the store: an orphan.
+        with pytest.raises(nerve.WrongExpectedVersion):
+            await log.append(
+                "s", NewEvent("test.big", {"text": "y" * 5000}), expected_version=0
+            )
+        # Put by the application and named in a payload (as knowledge does).
+        named = await log.blobs.put(b"a file's content")
+        await log.append("f", NewEvent("test.file", {"content": named}))
+        # Put, named by nothing yet, but recent: an event may be on its way.
+        recent = await log.blobs.put(b"recent")
+        stored = sorted(log.blobs.iter_digests_sync())
+        assert len(stored) == 4
+        (big_digest,) = db_rows(log.path, "SELECT blob FROM logs WHERE blob NOT NULL")[
+            0
+        ]
+        orphan = next(d for d in stored if d not in {big_digest, named, recent})
+        for digest in stored:
+            if digest != recent:
+                _age(data_dir, digest, 7200)
+
+        assert await log.prune_blobs() == [orphan]
+        assert sorted(log.blobs.iter_digests_sync()) == sorted(
+            {big_digest, named, recent}
+        )
+        # Everything that was named still reads back.
+        assert (await read_all(log))[kept - 1].data == big
+        assert await log.blobs.get(named) == b"a file's content"
+        # Nothing left to prune; with no grace, the recent one goes too.
+        assert await log.prune_blobs() == []
+        assert await log.prune_blobs(older_than=timedelta(0)) == [recent]
+        with pytest.raises(ValueError, match="negative"):
+            await log.prune_blobs(older_than=timedelta(seconds=-1))
+
+
+async def test_prune_blobs_keeps_what_archived_events_name(data_dir: Path) -> None:
+    clock = FakeClock(1_700_000_000.0)
+    async with nerve.open_log(data_dir, blob_threshold=1024, clock=clock) as log:
+        await log.append("s", NewEvent("test.big", {"text": "x" * 5000}))
+        named = await log.blobs.put(b"content named by an archived event")
+        await log.append("f", NewEvent("test.file", {"content": named}))
+        clock.now += 3 * 86400  # the log leaves that day
+        await log.append("s", NewEvent("test.later", {}))
+        assert len(await log.archive(timedelta(days=1), now=clock.now)) == 1
+        assert db_rows(log.path, "SELECT count(*) FROM logs") == [(1,)]
+        stored = sorted(log.blobs.iter_digests_sync())
+        assert len(stored) == 2
+        for digest in stored:
+            _age(data_dir, digest, 7200)
+        assert await log.prune_blobs() == []
+        assert sorted(log.blobs.iter_digests_sync()) == stored
+        assert (await read_all(log))[0].data == {"text": "x" * 5000}
+
+
+async def test_putting_a_stored_blob_again_renews_it(data_dir: Path) -> None:
+    async with nerve.open_log(data_dir) as log:
+        digest = await log.blobs.put(b"content")
+        _age(data_dir, digest, 7200)
+        assert await log.blobs.put(b"content") == digest  # dedup: not rewritten
+        assert await log.prune_blobs() == []  # but young again: kept
+        assert await log.blobs.get(digest) == b"content"
 
 
 async def test_registered_class_through_the_blob_store(data_dir: Path) -> None:

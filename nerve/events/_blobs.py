@@ -31,7 +31,8 @@ import pathlib
 import re
 import stat
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 
 import attrs
 import trio
@@ -193,6 +194,10 @@ class BlobStore:
             # Dedup on size only: hashing the existing file on every put would make
             # writes cost a full read. Same-size corruption is caught by get (on
             # every read) and by verify; a size mismatch is cheap to detect here.
+            # Its time is renewed: `prune_sync` keeps recently put blobs, which
+            # an event about to be appended may name.
+            with contextlib.suppress(OSError):
+                os.utime(final)
             return digest
         try:
             self._write_atomically(data, final)
@@ -258,6 +263,54 @@ class BlobStore:
                     follow_symlinks=False
                 ):
                     yield shard.name + entry.name
+
+    def prune_sync(
+        self, referenced: Callable[[Iterable[str]], Iterable[str]], older_than: float
+    ) -> list[str]:
+        """Delete the blobs nothing references, if not put for ``older_than`` s.
+
+        Args:
+            referenced: given the candidate digests, returns those still in use
+                (called once, after the candidates are chosen).
+            older_than: seconds since a blob was last put (its file's mtime);
+                younger blobs are kept, whatever ``referenced`` says: an event
+                naming them may be on its way.
+
+        Returns:
+            The digests deleted.
+
+        A candidate is first renamed aside, then its time checked again: a put
+        of the same content racing the prune either touched it before the
+        rename (it is restored) or finds it gone and writes it anew.
+        """
+        cutoff = time.time() - older_than
+        old = []
+        for digest in self.iter_digests_sync():
+            with contextlib.suppress(FileNotFoundError):
+                if self.path(digest).stat().st_mtime < cutoff:
+                    old.append(digest)
+        if not old:
+            return []
+        keep = set(referenced(old))
+        removed = []
+        for digest in old:
+            if digest in keep:
+                continue
+            path = self.path(digest)
+            aside = path.with_name(f".prune-{path.name}")
+            try:
+                os.rename(path, aside)
+            except FileNotFoundError:
+                continue
+            if aside.stat().st_mtime >= cutoff and not path.exists():
+                os.rename(aside, path)  # put again meanwhile: keep it
+                continue
+            aside.unlink()
+            removed.append(digest)
+        if removed:
+            for shard in {self.path(d).parent for d in removed}:
+                _fsync_dir(shard)
+        return removed
 
     def verify_sync(self) -> list[str]:
         """Re-hash every stored blob and return the digests that no longer match.

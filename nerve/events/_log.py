@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import shutil
 import time
 from collections import deque
@@ -64,6 +65,7 @@ _READ = (
     "blob, meta FROM logs"
 )
 _loads = orjson.loads
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 @attrs.frozen
@@ -935,6 +937,55 @@ class Log:
                 return arch.write_day(self.data_dir, day, rows)
         finally:
             self._release(conn)
+
+    async def prune_blobs(
+        self, *, older_than: timedelta = timedelta(hours=1)
+    ) -> list[str]:
+        """Delete stored blobs that no event refers to; return their digests.
+
+        A blob is kept when any event, hot or archived, names it: in its
+        ``blob`` column (a large payload) or anywhere in its payload or meta
+        text (a digest kept by the application, as the knowledge store
+        does). Blobs put within ``older_than`` are kept too: an event naming
+        one may not be appended yet. Put a blob (not only check `exists`)
+        before appending the event that names it.
+
+        Blobs of appends that were refused (a version conflict after their
+        payload went to the store) are what this reclaims.
+        """
+        if older_than < timedelta(0):
+            raise ValueError(f"older_than must not be negative, got {older_than!r}")
+
+        def referenced(candidates: Iterable[str]) -> set[str]:
+            wanted = set(candidates)
+            found: set[str] = set()
+
+            def look(rows: Iterable[Sequence[Any]]) -> None:
+                for blob, payload, meta in rows:
+                    if blob in wanted:
+                        found.add(blob)
+                    for text in (payload, meta):
+                        if text:
+                            found.update(wanted.intersection(_DIGEST.findall(text)))
+
+            conn = self._acquire()
+            try:
+                # One snapshot of the hot table and of the archive's days.
+                conn.execute("BEGIN")
+                try:
+                    days = arch.list_days(conn)
+                    look(conn.execute("SELECT blob, payload, meta FROM logs"))
+                finally:
+                    conn.execute("COMMIT")
+            finally:
+                self._release(conn)
+            for day in days:
+                look((r[8], r[7], r[9]) for r in arch.iter_day(self.data_dir, day))
+            return found
+
+        return await trio.to_thread.run_sync(
+            self.blobs.prune_sync, referenced, older_than.total_seconds()
+        )
 
     async def archived_days(self) -> list[arch.ArchiveDay]:
         """The days in the archive, oldest first."""
