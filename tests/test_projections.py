@@ -44,6 +44,7 @@ from nerve.projections import (
     RunQueries,
     RunRecord,
     Signals,
+    SkippedEventWarning,
     WorkflowRuns,
     attach_inline,
     read_signals,
@@ -542,6 +543,44 @@ async def test_lifecycle_events_another_process_appended_are_folded(
         # ... and the transitions stay checked on top of them.
         with pytest.raises(RefusedByProjection, match="'b' is started"):
             await log.append("run-b", queued())
+
+
+async def test_an_illegal_transition_another_process_appended_is_skipped(
+    data_dir: Path,
+) -> None:
+    """Appended without the projection attached, an event it refuses is in the
+    log for good: catching up, rebuilding and replaying all skip it (with a
+    warning) instead of never getting past it."""
+    async with nerve.open_log(data_dir) as log:
+        await attach_inline(log, WorkflowRuns())
+        await run_to(log, "a", "started")
+    async with nerve.open_log(data_dir) as detached:
+        await detached.append("run-ghost", completed())  # never queued
+        await detached.append("run-a", queued())  # a is started already
+        await detached.append("run-b", [queued(), started()])
+    async with nerve.open_log(data_dir) as log:
+        with pytest.warns(SkippedEventWarning) as caught:
+            await attach_inline(log, WorkflowRuns())
+        assert sorted(str(w.message).split(":")[1].strip() for w in caught) == [
+            "skipped position 3 (workflow.run.completed in 'run-ghost'), which it "
+            "refuses; the event stays in the log",
+            "skipped position 4 (workflow.run.queued in 'run-a'), which it "
+            "refuses; the event stays in the log",
+        ]
+        runs = {r.run_id: r.status for r in await RunQueries(log).list()}
+        assert runs == {"a": "started", "b": "started"}
+        assert checkpoint_of(log.path, "workflow_runs") == (1, log.head)
+        # New appends are still checked...
+        with pytest.raises(RefusedByProjection):
+            await log.append("run-ghost", completed())
+        await log.append("run-a", completed())
+        # ...and a fresh replay or a rebuild skips the same events.
+        with pytest.warns(SkippedEventWarning):
+            assert await verify(log, [WorkflowRuns()]) == []
+        with pytest.warns(SkippedEventWarning):
+            await rebuild(log, WorkflowRuns())
+        runs = {r.run_id: r.status for r in await RunQueries(log).list()}
+        assert runs == {"a": "completed", "b": "started"}
 
 
 # -- workflow_runs: queries ------------------------------------------------------------

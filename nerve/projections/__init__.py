@@ -12,6 +12,7 @@ from ._base import Checkpoint as Checkpoint
 from ._base import Progress as Progress
 from ._base import Projection as Projection
 from ._base import ProjectionStatistics as ProjectionStatistics
+from ._base import SkippedEventWarning as SkippedEventWarning
 from ._inline import InlineProjection as InlineProjection
 from ._inline import attach_inline as attach_inline
 from ._replay import Difference as Difference

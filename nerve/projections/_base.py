@@ -15,6 +15,7 @@ randomness): that is what makes a rebuild or a replay equal the live model.
 from __future__ import annotations
 
 import abc
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
@@ -22,7 +23,7 @@ from typing import Final
 import apsw
 import attrs
 
-from nerve.events import Migration, RecordedEvent
+from nerve.events import Migration, RecordedEvent, RefusedByProjection
 from nerve.events._sqlite import migrate, open_connection
 
 Progress = Callable[[int, int], None]
@@ -147,21 +148,78 @@ def write_checkpoint(
     )
 
 
+class SkippedEventWarning(UserWarning):
+    """A projection refused an event already in the log while folding history
+    (catching up, rebuilding): the event was skipped, the rest folded."""
+
+
 def fold(
     conn: apsw.Connection,
     projection: Projection,
     events: Sequence[RecordedEvent],
     position: int,
+    *,
+    history: bool = False,
 ) -> int:
     """Apply the events this projection handles and move its checkpoint.
 
     Runs inside the caller's transaction. Returns how many events it folded.
+
+    With ``history`` (the events are already in the log: catching up,
+    rebuilding, replaying), an event the projection refuses
+    (`RefusedByProjection`, e.g. an illegal run transition another process
+    appended without the projection attached) is skipped with a
+    `SkippedEventWarning`, the same way every time, instead of leaving the
+    model unable to move past it. Without it (an append being written), a
+    refusal fails the append.
     """
     mine = [e for e in events if projection.handles(e.type)]
     if mine:
-        projection.apply(conn, mine)
+        if history:
+            mine = _apply_skipping_refused(conn, projection, mine)
+        else:
+            projection.apply(conn, mine)
     write_checkpoint(conn, projection, position)
     return len(mine)
+
+
+def _apply_skipping_refused(
+    conn: apsw.Connection, projection: Projection, events: list[RecordedEvent]
+) -> list[RecordedEvent]:
+    """`Projection.apply`, the refused events left out; returns those folded.
+
+    The whole batch first; only if it is refused, one event at a time (a
+    refusing projection must leave no state behind but its rolled-back rows).
+    """
+    conn.execute("SAVEPOINT fold_batch")
+    try:
+        projection.apply(conn, events)
+    except RefusedByProjection:
+        conn.execute("ROLLBACK TO fold_batch")
+    else:
+        conn.execute("RELEASE fold_batch")
+        return events
+    folded = []
+    for e in events:
+        conn.execute("SAVEPOINT fold_one")
+        try:
+            projection.apply(conn, [e])
+        except RefusedByProjection as refusal:
+            conn.execute("ROLLBACK TO fold_one")
+            warnings.warn(
+                SkippedEventWarning(
+                    f"{projection.name}: skipped position {e.position} "
+                    f"({e.type} in {e.stream!r}), which it refuses; the event "
+                    "stays in the log: "
+                    + str(refusal).removesuffix(" Nothing was written.")
+                ),
+                stacklevel=2,
+            )
+        else:
+            folded.append(e)
+        conn.execute("RELEASE fold_one")
+    conn.execute("RELEASE fold_batch")
+    return folded
 
 
 def open_projection_db(

@@ -112,7 +112,7 @@ def fold_page(
     """Fold one page into every projection of a database, in one transaction."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        n = sum(fold(conn, p, events, position) for p in projections)
+        n = sum(fold(conn, p, events, position, history=True) for p in projections)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -166,7 +166,7 @@ def _fold_tail(
         events = [log.decode_row(r) for r in rows]
         last = events[-1].position
         if source is target:
-            fold(target, projection, events, last)
+            fold(target, projection, events, last, history=True)
         else:
             fold_page(target, [projection], events, last)
         after = last

@@ -253,7 +253,7 @@ class ProjectionRunner:
                 if cp is not None:
                     self._position = self._stored = cp.position
                 return False
-            self._events += fold(conn, self.projection, events, position)
+            self._events += fold(conn, self.projection, events, position, history=True)
             conn.execute("COMMIT")
             self._stored = position
         except BaseException:
