@@ -23,8 +23,9 @@ Then, over queries of 3 to 8 words taken from random chunks:
 6. memory: a fresh process opens a kernel (`nerve.open_kernel`, no
    workflows) on the data built above and runs searches through
    ``kernel.knowledge``; its RSS (peak and final) and the vector index's
-   size. The target is for a kernel with 100k chunks and 1M events: this
-   one has the chunks but only 10k events.
+   size. The log is first topped up to 1M events (plain events appended in
+   batches, ``workflow_runs`` attached as in a kernel): the target is for a
+   kernel holding 100k chunks and 1M events.
 
 The load of the machine is printed in the header: compare the ratios.
 
@@ -50,6 +51,7 @@ import nerve
 from nerve.knowledge import FILE_INDEXED, FileIndexed, HashingEmbedder, open_knowledge
 from nerve.knowledge._projection import load_sqlite_vec
 from nerve.knowledge._search import DEFAULT_CANDIDATES
+from nerve.projections import WorkflowRuns, attach_inline
 
 SECTIONS = 10
 STOP = [
@@ -279,6 +281,9 @@ async def run(args: object, n_chunks: int, n_queries: int, report: c.Report) -> 
                 note=f"p50 {f50:.2f} ms; exact, unquantized, 20 queries",
             )
             index_mb = kn.vector_index.nbytes / 1e6
+        total = c.sized(args, 1_000_000, 50_000)
+        c.progress(f"memory: topping the log up to {total:,} events")
+        await top_up(tmp / "data", total)
         c.progress("memory: searching from a fresh process")
         child = await trio.run_process(
             [
@@ -303,6 +308,16 @@ async def run(args: object, n_chunks: int, n_queries: int, report: c.Report) -> 
             f"MB in the bench process), {memory['chunks']:,} chunks, "
             f"{memory['events']:,} events",
         )
+
+
+async def top_up(data: Path, total: int) -> None:
+    """Append small plain events until the log holds ``total``."""
+    async with nerve.open_log(data) as log:
+        await attach_inline(log, WorkflowRuns())
+        while log.head < total:
+            n = min(1000, total - log.head)
+            events = [nerve.NewEvent("bench.filler", {"i": i}) for i in range(n)]
+            await log.append(f"filler-{log.head // 100_000}", events)
 
 
 def memory_of(data: str, queries: list[str]) -> None:
