@@ -50,6 +50,7 @@ from nerve.projections import (
     read_signals,
     rebuild,
     replay,
+    signals_database,
     verify,
 )
 
@@ -543,6 +544,45 @@ async def test_lifecycle_events_another_process_appended_are_folded(
         # ... and the transitions stay checked on top of them.
         with pytest.raises(RefusedByProjection, match="'b' is started"):
             await log.append("run-b", queued())
+
+
+async def test_a_replay_has_every_index_of_the_live_model(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """`workflow_runs` builds its plain indexes at the end of a fresh build
+    (defer_indexes); `_signals` keeps its own throughout (its retention reads
+    through it). Either way the result has the live model's indexes."""
+    async with nerve.open_log(data_dir) as log:
+        await attach_inline(log, WorkflowRuns())
+        await run_to(log, "a", "completed")
+        await log.append(sense_stream("g", "a"), signal("g", "a", 1))
+        async with running(log, Signals("g", keep_last=1)) as runner:
+            await runner.wait_for(log.head)
+        into = tmp_path / "fresh"
+        await replay(log, [WorkflowRuns(), Signals("g", keep_last=1)], into=into)
+
+    def indexes(path: Path) -> list[tuple[Any, ...]]:
+        conn = apsw.Connection(str(path))
+        try:
+            return [
+                tuple(r)
+                for r in conn.execute(
+                    "SELECT name, sql FROM sqlite_schema WHERE type = 'index' "
+                    "AND sql IS NOT NULL ORDER BY name"
+                )
+            ]
+        finally:
+            conn.close()
+
+    live = indexes(data_dir / "logs.db")
+    assert "workflow_runs_by_status_only" in {i[0] for i in live}
+    fresh = indexes(into / "logs.db")
+    assert [i for i in live if i[0].startswith("workflow_runs")] == [
+        i for i in fresh if i[0].startswith("workflow_runs")
+    ]
+    signals = indexes(data_dir / signals_database("g"))
+    assert signals
+    assert indexes(into / signals_database("g")) == signals
 
 
 async def test_an_illegal_transition_another_process_appended_is_skipped(

@@ -59,6 +59,9 @@ class Projection(abc.ABC):
             (``logs.db`` for inline projections).
         tables: each table it owns, with the columns that order and identify
             its rows (used by `verify` to compare row by row).
+        defer_indexes: its plain (non-unique) indexes serve readers only
+            (its fold never looks rows up through them): a fresh build then
+            creates them once, at the end, instead of row by row.
     """
 
     name: str
@@ -66,6 +69,7 @@ class Projection(abc.ABC):
     types: frozenset[str] | None = None
     database: str = "logs.db"
     tables: Mapping[str, Sequence[str]] = {}
+    defer_indexes: bool = False
 
     @abc.abstractmethod
     def setup(self, conn: apsw.Connection) -> None:

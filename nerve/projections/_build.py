@@ -61,7 +61,9 @@ def open_fresh(path: Path, projections: Sequence[Projection]) -> apsw.Connection
         for p in projections:
             p.setup(conn)
             write_checkpoint(conn, p, 0)
-        _defer_indexes(conn)
+        _defer_indexes(
+            conn, {t for p in projections if p.defer_indexes for t in p.tables}
+        )
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -70,9 +72,11 @@ def open_fresh(path: Path, projections: Sequence[Projection]) -> apsw.Connection
     return conn
 
 
-def _defer_indexes(conn: apsw.Connection) -> None:
-    """Drop the plain (non-unique) indexes of a fresh database, keeping their
-    SQL in a temp table: `_restore_indexes` creates them once the rows are in.
+def _defer_indexes(conn: apsw.Connection, tables: set[str]) -> None:
+    """Drop the plain (non-unique) indexes of ``tables`` in a fresh database,
+    keeping their SQL in a temp table: `_restore_indexes` creates them once
+    the rows are in (for projections whose fold never reads through them:
+    `Projection.defer_indexes`).
 
     Building an index from the finished table is one sort; keeping it while
     the rows go in costs a B-tree insert per row, in random order (measured:
@@ -86,7 +90,8 @@ def _defer_indexes(conn: apsw.Connection) -> None:
             "SELECT name, tbl_name, sql FROM sqlite_schema "
             "WHERE type = 'index' AND sql IS NOT NULL"
         ).fetchall()
-        if not any(
+        if tbl in tables
+        and not any(
             row[1] == name and row[2]
             for row in conn.execute(f'PRAGMA index_list("{tbl}")').fetchall()
         )

@@ -95,6 +95,7 @@ class WorkflowRuns(Projection):
     types = frozenset(RUN_STATUS_OF_TYPE)
     database = "logs.db"
     tables = {"workflow_runs": ("run_id",)}
+    defer_indexes = True  # the fold reads rows by run_id (the primary key) only
 
     def setup(self, conn: apsw.Connection) -> None:
         conn.execute(
