@@ -29,7 +29,13 @@ from nerve.events import (
 from nerve.events._archive import DAY_MS, day_bounds
 from nerve.events._sqlite import open_connection
 from nerve.events._vocabulary import StepJournaled, ThreadMessage, run_stream
-from nerve.projections import Projection, RunRecord, Signals, WorkflowRuns
+from nerve.projections import (
+    Projection,
+    RunQueries,
+    RunRecord,
+    Signals,
+    WorkflowRuns,
+)
 from nerve.projections._base import read_checkpoint, table_exists
 from nerve.projections._workflow_runs import _COLUMNS
 
@@ -109,29 +115,12 @@ async def list_runs(
     data_dir: Path, workflow: str | None, statuses: list[str], limit: int | None
 ) -> list[RunRecord]:
     """The newest ``limit`` runs (all with None), oldest first."""
-    where: list[str] = []
-    params: list[Any] = []
-    if workflow is not None:
-        where.append("workflow = ?")
-        params.append(workflow)
-    if statuses:
-        where.append(f"status IN ({','.join('?' * len(statuses))})")
-        params.extend(statuses)
-    sql = f"SELECT {_COLUMNS} FROM workflow_runs"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY seq DESC"
-    if limit is not None:
-        sql += " LIMIT ?"
-        params.append(limit)
-
-    def q(conn: apsw.Connection) -> list[RunRecord]:
-        if not table_exists(conn, "workflow_runs"):
-            return []
-        return [RunRecord.from_row(r) for r in conn.execute(sql, params)][::-1]
-
     async with open_cli_log(data_dir) as log:
-        return await log._read(q)
+        if not await log._read(lambda conn: table_exists(conn, "workflow_runs")):
+            return []
+        return await RunQueries(log).list(
+            workflow=workflow, status=statuses or None, limit=limit, newest=True
+        )
 
 
 @attrs.frozen

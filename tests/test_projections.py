@@ -651,6 +651,9 @@ async def test_run_queries(log: nerve.Log) -> None:
     assert ids(await runs.list(status=["failed", "completed"])) == ["g1", "s3"]
     assert ids(await runs.list(status=("started",), workflow="summarize")) == ["s4"]
     assert ids(await runs.list(status="queued", limit=2)) == ["g2", "s1"]
+    # the newest two, still oldest first
+    assert ids(await runs.list(status="queued", limit=2, newest=True)) == ["s1", "g4"]
+    assert ids(await runs.list(newest=True)) == ids(await runs.list())
     assert ids(await runs.list(limit=0)) == []
     assert ids(await runs.list(workflow="nope")) == []
     assert ids(await runs.active()) == ["g2", "s1", "g3", "g4", "s2", "s4"]

@@ -257,8 +257,13 @@ class RunQueries:
         workflow: str | None = None,
         status: str | Iterable[str] | None = None,
         limit: int | None = None,
+        newest: bool = False,
     ) -> builtins.list[RunRecord]:
-        """Runs, oldest first, by workflow and/or status(es)."""
+        """Runs, oldest first, by workflow and/or status(es).
+
+        ``limit`` keeps the oldest that many, or with ``newest`` the newest
+        (still returned oldest first).
+        """
         where: builtins.list[str] = []
         params: builtins.list[Any] = []
         if workflow is not None:
@@ -271,13 +276,14 @@ class RunQueries:
         sql = f"SELECT {_COLUMNS} FROM workflow_runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq"
+        sql += " ORDER BY seq DESC" if newest else " ORDER BY seq"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
 
         def q(conn: apsw.Connection) -> builtins.list[RunRecord]:
-            return [RunRecord.from_row(r) for r in conn.execute(sql, params)]
+            rows = [RunRecord.from_row(r) for r in conn.execute(sql, params)]
+            return rows[::-1] if newest else rows
 
         return await self.log._read(q)
 
