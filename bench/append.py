@@ -3,7 +3,7 @@
 Figures, each the median of ``--runs`` interleaved runs:
 
 1. baseline: raw apsw, WAL, synchronous=FULL, one transaction per event into an
-   equivalent ``logs`` table (same columns, UNIQUE(stream, version)), one task,
+   database with nerve's own schema (its migrations), one task,
    1000 streams round-robin.
 2. nerve: 1000 concurrent trio tasks appending single events, each to its own
    stream, ``fts=False``;
@@ -37,6 +37,8 @@ import orjson
 import trio
 
 from nerve.events import EventRegistry, NewEvent, open_log
+from nerve.events._schema import LOG_APPLICATION_ID, MIGRATIONS
+from nerve.events._sqlite import migrate
 
 try:
     from eventsourcing.persistence import StoredEvent
@@ -48,23 +50,6 @@ TYPE = "bench.appended"
 MSG = "a benchmark event, about as big as a small real one"
 STREAMS = 1000
 
-# The columns and unique index of nerve's ``logs`` table (nerve/events/_schema.py).
-LOGS_DDL = """
-CREATE TABLE logs (
-    position     INTEGER PRIMARY KEY,
-    stream       TEXT    NOT NULL,
-    version      INTEGER NOT NULL,
-    type         TEXT    NOT NULL,
-    type_version INTEGER NOT NULL DEFAULT 1,
-    source       TEXT    NOT NULL DEFAULT '',
-    ts           INTEGER NOT NULL,
-    payload      TEXT,
-    blob         TEXT,
-    meta         TEXT,
-    hash         BLOB    NOT NULL,
-    UNIQUE (stream, version)
-)
-"""
 INSERT = "INSERT INTO logs VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 
 
@@ -77,13 +62,19 @@ def payload(n: int, task: int) -> dict[str, object]:
 
 @contextlib.contextmanager
 def raw_log(args, name: str) -> Iterator[apsw.Connection]:
-    """A fresh apsw database with nerve's ``logs`` table, WAL, synchronous=FULL."""
+    """A fresh apsw database with nerve's own schema, WAL, synchronous=FULL."""
     with c.temp_dir(args, name) as d:
         conn = apsw.Connection(str(d / "logs.db"))
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
-            conn.execute(LOGS_DDL)
+            migrate(
+                conn,
+                d / "logs.db",
+                MIGRATIONS,
+                application_id=LOG_APPLICATION_ID,
+                what="log",
+            )
             yield conn
         finally:
             conn.close()
