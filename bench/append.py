@@ -2,9 +2,9 @@
 
 Figures, each the median of ``--runs`` interleaved runs:
 
-1. baseline: raw apsw, WAL, synchronous=FULL, one transaction per event into an
-   database with nerve's own schema (its migrations), one task,
-   1000 streams round-robin.
+1. baseline: raw apsw, WAL, synchronous=FULL, one transaction per event into a
+   database with nerve's own schema (its migrations), one task, 1000 streams
+   round-robin.
 2. nerve: 1000 concurrent trio tasks appending single events, each to its own
    stream, ``fts=False``;
    events/s and the ratio to (1). Targets: >= 100k events/s and >= 30x.
