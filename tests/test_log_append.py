@@ -386,6 +386,18 @@ async def test_on_done_runs_once_the_append_is_durable(log: nerve.Log) -> None:
     assert calls == [("first", 1), ("second", 1), ("late", 1)]
 
 
+async def test_an_observers_cancelled_wait_withdraws_nothing(log: nerve.Log) -> None:
+    async with writer_held(log):
+        pending = log.submit("s", NewEvent("test.e", {"i": 1}))
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await pending.wait(withdraw=False)  # the first waiter, cancelled
+        assert scope.cancelled_caught
+        assert not pending.done
+    assert await pending.wait() == nerve.AppendResult("s", 1, 1, 1)
+    assert [e.data for e in await read_all(log)] == [{"i": 1}]
+
+
 async def test_an_append_cancelled_while_it_commits_reports_its_result(
     log: nerve.Log, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,6 +10,7 @@ entered its function before they count on its timing.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -513,6 +514,41 @@ async def test_queued_runs_stay_queued_and_start_in_order_at_the_next_start(
             "completed",
         ]
     assert again.order == [1, 2, 3]
+
+
+async def test_a_cancelled_handle_wait_withdraws_nothing(tmp_path: Path) -> None:
+    """Waiting on a handle only observes the run's last append: cancelled
+    before that append is written, it must not withdraw it."""
+    app = nerve.App()
+    running, finish = trio.Event(), trio.Event()
+
+    @app.workflow("w")
+    async def w(run: nerve.Run) -> str:
+        running.set()
+        await finish.wait()
+        return "done"
+
+    gate = threading.Event()
+    with trio.fail_after(SAFETY):
+        async with nerve.open_kernel(app, tmp_path) as kernel:
+            handle = await kernel.trigger("w")
+            await running.wait()
+            async with trio.open_nursery() as nursery:
+                # Hold the log's writer: the `completed` append waits for it.
+                nursery.start_soon(kernel.log.write_job, lambda conn: gate.wait(30))
+                await trio.testing.wait_all_tasks_blocked()
+                finish.set()
+                await trio.testing.wait_all_tasks_blocked()
+                assert handle.done
+                with trio.CancelScope() as scope:
+                    scope.cancel()
+                    await handle.wait()
+                assert scope.cancelled_caught
+                gate.set()
+            outcome = await handle.wait()
+            assert (outcome.status, outcome.result) == ("completed", "done")
+            (record,) = await kernel.runs()
+            assert record.status == "completed"
 
 
 async def test_cancelling_the_surrounding_scope_drains_with_the_grace(

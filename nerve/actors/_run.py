@@ -81,12 +81,14 @@ class RunHandle:
                 queued, or was started and will resume at the next start).
             NerveError: the run's events could not be written.
         """
+        # The run's last append is the actor's: waiting here only observes it
+        # (a cancelled wait must not withdraw it).
         if not self._done.is_set():
             await self._done.wait()
             if self._pending is not None:
-                await self._pending.wait()
+                await self._pending.wait(withdraw=False)
         elif self._pending is not None:
-            await self._pending.wait()  # one schedule point when all is done
+            await self._pending.wait(withdraw=False)  # one schedule point
         else:
             await trio.lowlevel.checkpoint()
         if self._error is not None:

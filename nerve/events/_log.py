@@ -298,10 +298,7 @@ class Log:
         taken is withdrawn (nothing written); one already being written is
         waited for, so it is never reported cancelled while it commits.
         """
-        self._check_open()
-        request = self._prepare(stream, events, expected_version, idempotency_key)
-        self._pending.append(request)
-        self._wakeup.set()
+        request = self._enqueue(stream, events, expected_version, idempotency_key)
         return await _outcome(self, request)
 
     def submit(
@@ -319,10 +316,7 @@ class Log:
         without waiting for each fsync. Encoding errors raise here, before
         anything is queued. Await `PendingAppend.wait` for the result.
         """
-        self._check_open()
-        request = self._prepare(stream, events, expected_version, idempotency_key)
-        self._pending.append(request)
-        self._wakeup.set()
+        request = self._enqueue(stream, events, expected_version, idempotency_key)
         return PendingAppend(self, request)
 
     def _prepare(
@@ -396,11 +390,21 @@ class Log:
         expected: int | ExpectedVersion | None = None,
     ) -> PendingAppend:
         """`submit` events `_encode` already encoded."""
+        return PendingAppend(self, self._enqueue(stream, events, expected, None))
+
+    def _enqueue(
+        self,
+        stream: str,
+        events: NewEvent | Iterable[NewEvent] | Sequence[EncodedEvent],
+        expected: int | ExpectedVersion | None,
+        key: str | None,
+    ) -> AppendRequest:
+        """Check, encode and queue an append for the writer."""
         self._check_open()
-        request = self._prepare(stream, events, expected, None)
+        request = self._prepare(stream, events, expected, key)
         self._pending.append(request)
         self._wakeup.set()
-        return PendingAppend(self, request)
+        return request
 
     def _check_open(self) -> None:
         if self._closed:
@@ -1059,14 +1063,9 @@ class PendingAppend:
         Raises:
             RuntimeError: it is not finished yet (see `done`).
         """
-        request = self._request
-        if not request.done:
+        if not self._request.done:
             raise RuntimeError("the append is not finished yet; await wait()")
-        outcome = request.outcome
-        if isinstance(outcome, BaseException):
-            raise outcome
-        assert outcome is not None
-        return outcome
+        return self._request.result()
 
     def on_done(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` once the outcome is known (at once if it is).
@@ -1084,7 +1083,9 @@ class PendingAppend:
         else:
             request.callbacks.append(callback)
 
-    async def wait(self, *, shielded: bool = False) -> AppendResult:
+    async def wait(
+        self, *, shielded: bool = False, withdraw: bool = True
+    ) -> AppendResult:
         """Wait until the append is durable and return its result.
 
         Raises what the append raised (`WrongExpectedVersion`, ...).
@@ -1099,12 +1100,21 @@ class PendingAppend:
                 wait: the outcome is returned (or raised) and the cancellation
                 takes effect at the caller's next checkpoint. Like waiting in
                 a shielded cancel scope, without the cost of one.
+            withdraw: False for a waiter that only observes an append someone
+                else submitted: a cancellation ends its wait and withdraws
+                nothing.
         """
-        return await _outcome(self._log, self._request, shielded=shielded)
+        return await _outcome(
+            self._log, self._request, shielded=shielded, withdraw=withdraw
+        )
 
 
 async def _outcome(
-    log: Log, request: AppendRequest, *, shielded: bool = False
+    log: Log,
+    request: AppendRequest,
+    *,
+    shielded: bool = False,
+    withdraw: bool = True,
 ) -> AppendResult:
     """Wait for ``request``'s outcome: its result, or raise its error.
 
@@ -1118,7 +1128,12 @@ async def _outcome(
             request.waiter = trio.lowlevel.current_task()
 
             def abort(_: Any) -> trio.lowlevel.Abort:
-                if shielded or request.taken or request.event is not None:
+                if shielded:
+                    return trio.lowlevel.Abort.FAILED  # wait for the outcome
+                if not withdraw:  # an observer: only its wait ends
+                    request.waiter = None
+                    return trio.lowlevel.Abort.SUCCEEDED
+                if request.taken or request.event is not None:
                     return trio.lowlevel.Abort.FAILED  # wait for the outcome
                 request.waiter = None
                 with contextlib.suppress(ValueError):
@@ -1147,11 +1162,7 @@ async def _outcome(
         await trio.lowlevel.cancel_shielded_checkpoint()
     else:
         await trio.lowlevel.checkpoint()
-    outcome = request.outcome
-    if isinstance(outcome, BaseException):
-        raise outcome
-    assert outcome is not None
-    return outcome
+    return request.result()
 
 
 @attrs.define(eq=False)

@@ -113,6 +113,14 @@ class AppendRequest:
         """For any further waiters (`PendingAppend.wait` called twice)."""
         self.callbacks: list[Callable[[], None]] | None = None
 
+    def result(self) -> AppendResult:
+        """The outcome once known: the result, or raise the error."""
+        outcome = self.outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert outcome is not None
+        return outcome
+
     def finish(self, outcome: AppendResult | BaseException) -> None:
         """Record the outcome and wake whoever waits for it."""
         self.outcome = outcome
