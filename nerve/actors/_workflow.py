@@ -350,14 +350,10 @@ class WorkflowActor(Actor[Trigger]):
         try:
             with scope:
                 try:
-                    # Shielded: an interrupt while they are not yet written
-                    # would withdraw them, and the run would vanish from the
-                    # log (then its "interrupted" event is refused).
+                    # The task starts once the last of them is written, and
+                    # the writer takes appends in order: all are done.
                     for pending in entry.pending:
-                        if pending.done:
-                            pending.result()
-                        else:
-                            await pending.wait(shielded=True)
+                        pending.result()
                 except NerveError as e:
                     outcome = ("unrecorded", e)
                 else:
