@@ -50,8 +50,11 @@ def union_types(projections: Sequence[Projection]) -> frozenset[str] | None:
     return frozenset(types)
 
 
-def open_fresh(path: Path, projections: Sequence[Projection]) -> apsw.Connection:
-    """A new projection database with the projections' empty tables."""
+def open_fresh(
+    path: Path, projections: Sequence[Projection]
+) -> tuple[apsw.Connection, list[str]]:
+    """A new projection database with the projections' empty tables, and the
+    SQL of the indexes left to create once it is filled (`_defer_indexes`)."""
     conn = open_projection_db(path, projections)
     # A fresh build is thrown away if anything goes wrong, so it needs no
     # durability until it is swapped in (the swap commits in the live DB).
@@ -61,7 +64,7 @@ def open_fresh(path: Path, projections: Sequence[Projection]) -> apsw.Connection
         for p in projections:
             p.setup(conn)
             write_checkpoint(conn, p, 0)
-        _defer_indexes(
+        deferred = _defer_indexes(
             conn, {t for p in projections if p.defer_indexes for t in p.tables}
         )
         conn.execute("COMMIT")
@@ -69,21 +72,19 @@ def open_fresh(path: Path, projections: Sequence[Projection]) -> apsw.Connection
         conn.execute("ROLLBACK")
         conn.close()
         raise
-    return conn
+    return conn, deferred
 
 
-def _defer_indexes(conn: apsw.Connection, tables: set[str]) -> None:
-    """Drop the plain (non-unique) indexes of ``tables`` in a fresh database,
-    keeping their SQL in a temp table: `_restore_indexes` creates them once
-    the rows are in (for projections whose fold never reads through them:
-    `Projection.defer_indexes`).
+def _defer_indexes(conn: apsw.Connection, tables: set[str]) -> list[str]:
+    """Drop the plain (non-unique) indexes of ``tables``; return their SQL, to
+    run once the rows are in (for projections whose fold never reads through
+    them: `Projection.defer_indexes`).
 
     Building an index from the finished table is one sort; keeping it while
     the rows go in costs a B-tree insert per row, in random order (measured:
     a fifth of a ``workflow_runs`` rebuild). Unique indexes stay: a fold may
     rely on their conflicts.
     """
-    conn.execute("CREATE TEMP TABLE deferred_indexes (name TEXT, sql TEXT)")
     plain = [
         (name, sql)
         for name, tbl, sql in conn.execute(
@@ -96,16 +97,9 @@ def _defer_indexes(conn: apsw.Connection, tables: set[str]) -> None:
             for row in conn.execute(f'PRAGMA index_list("{tbl}")').fetchall()
         )
     ]
-    for name, sql in plain:
-        conn.execute("INSERT INTO temp.deferred_indexes VALUES (?, ?)", (name, sql))
+    for name, _ in plain:
         conn.execute(f'DROP INDEX "{name}"')
-
-
-def _restore_indexes(conn: apsw.Connection) -> None:
-    """Create the indexes `_defer_indexes` dropped (inside a transaction)."""
-    for (sql,) in conn.execute("SELECT sql FROM temp.deferred_indexes").fetchall():
-        conn.execute(sql)
-    conn.execute("DELETE FROM temp.deferred_indexes")
+    return [sql for _, sql in plain]
 
 
 def fold_page(
@@ -142,11 +136,14 @@ async def build(
     """
     target = log.head if upto is None else upto
     conns: dict[Path, apsw.Connection] = {}
+    deferred: dict[Path, list[str]] = {}
     try:
         for path, projections in targets.items():
             if path.exists():
                 raise FileExistsError(f"{path} exists; a fresh build needs a new file")
-            conns[path] = await trio.to_thread.run_sync(open_fresh, path, projections)
+            conns[path], deferred[path] = await trio.to_thread.run_sync(
+                open_fresh, path, projections
+            )
         every = [p for ps in targets.values() for p in ps]
         reader = log.read(after=0, types=union_types(every))
 
@@ -197,7 +194,8 @@ async def build(
             for path, projections in targets.items():
                 conn = conns[path]
                 conn.execute("BEGIN IMMEDIATE")
-                _restore_indexes(conn)
+                for sql in deferred[path]:
+                    conn.execute(sql)
                 for p in projections:
                     write_checkpoint(conn, p, target)
                 conn.execute("COMMIT")
