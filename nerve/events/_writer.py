@@ -75,7 +75,6 @@ class AppendRequest:
     __slots__ = (
         "big",
         "callbacks",
-        "done",
         "event",
         "events",
         "expected",
@@ -105,13 +104,17 @@ class AppendRequest:
         """Some payload exceeds the blob threshold: store it before writing."""
         self.taken = False
         """The writer has taken it into a batch: it can no longer be withdrawn."""
-        self.done = False
         self.outcome: AppendResult | BaseException | None = None
         self.waiter: trio.lowlevel.Task | None = None
         """The task parked until the outcome is known (see `Log.append`)."""
         self.event: trio.Event | None = None
         """For any further waiters (`PendingAppend.wait` called twice)."""
         self.callbacks: list[Callable[[], None]] | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the outcome is known."""
+        return self.outcome is not None
 
     def result(self) -> AppendResult:
         """The outcome once known: the result, or raise the error."""
@@ -124,7 +127,6 @@ class AppendRequest:
     def finish(self, outcome: AppendResult | BaseException) -> None:
         """Record the outcome and wake whoever waits for it."""
         self.outcome = outcome
-        self.done = True
         waiter = self.waiter
         if waiter is not None:
             self.waiter = None
