@@ -41,6 +41,7 @@ from nerve.events import (
     UnknownWorkflowError,
     open_log,
 )
+from nerve.events._log import check_stream
 from nerve.events._trio_util import single_error
 from nerve.events._vocabulary import (
     CRASHED,
@@ -140,7 +141,7 @@ class Kernel:
         queued = self.log._encode(
             NewEvent("workflow.run.queued", RunQueued(workflow, payload, trigger))
         )
-        self.log._prepare(run_stream(handle.run_id), [queued], None, None)
+        check_stream(run_stream(handle.run_id))
         await actor.tell(Trigger(handle.run_id, payload, trigger, handle, queued))
         return handle
 

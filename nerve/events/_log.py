@@ -331,11 +331,7 @@ class Log:
         ``events`` may also be events `_encode` already encoded (an actor
         reusing the encoding of a constant event, or of one checked earlier).
         """
-        if stream.__class__ is not str or not stream or len(stream) > 1000:
-            raise InvalidEventError(
-                f"stream must be a non-empty string of at most 1000 characters, "
-                f"got {stream!r}"
-            )
+        check_stream(stream)
         if expected is not None and not _valid_expected(expected):
             raise InvalidEventError(
                 f"expected_version must be None, NO_STREAM, STREAM_EXISTS or an "
@@ -1392,6 +1388,15 @@ def _too_big(payload: str, threshold: int) -> bool:
     if len(payload) > threshold:
         return True
     return len(payload) * 4 > threshold and len(payload.encode()) > threshold
+
+
+def check_stream(stream: object) -> None:
+    """Refuse a stream name that is not a non-empty str of <= 1000 chars."""
+    if stream.__class__ is not str or not stream or len(stream) > 1000:
+        raise InvalidEventError(
+            f"stream must be a non-empty string of at most 1000 characters, "
+            f"got {stream!r}"
+        )
 
 
 def _valid_expected(expected: object) -> bool:
