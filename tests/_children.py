@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
 
@@ -39,3 +41,29 @@ class Lines:
                 self._eof = True
         line, _, self._buf = self._buf.partition(b"\n")
         return line.decode()
+
+
+@contextlib.asynccontextmanager
+async def reaped(proc: trio.Process) -> AsyncIterator[trio.Process]:
+    """Kill the child at exit if it still runs, wait for it, close its stdout."""
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            with trio.CancelScope(shield=True):
+                await proc.wait()
+        if proc.stdout is not None:
+            await proc.stdout.aclose()
+
+
+async def next_line(lines: Lines, proc: trio.Process, stderr_path: Path) -> str:
+    """The child's next line; fails the test if the child exited by itself."""
+    line = await lines.next()
+    if line is None:
+        await proc.wait()
+        raise AssertionError(
+            f"child exited by itself (status {proc.returncode}):\n"
+            + await trio.Path(stderr_path).read_text(errors="replace")
+        )
+    return line

@@ -28,7 +28,7 @@ from pathlib import Path
 import apsw
 import pytest
 import trio
-from _children import Lines, load_child
+from _children import Lines, load_child, next_line, reaped
 
 import nerve
 
@@ -138,7 +138,7 @@ async def run_and_kill(
             stdout=subprocess.PIPE,
             stderr=err,
         )
-    try:
+    async with reaped(proc):
         assert proc.stdout is not None
         lines = Lines(proc.stdout)
         with trio.fail_after(ROUND_TIMEOUT):
@@ -148,13 +148,7 @@ async def run_and_kill(
             else:
                 ready = False
                 while True:
-                    line = await lines.next()
-                    if line is None:
-                        await proc.wait()
-                        raise AssertionError(
-                            f"child exited by itself (status {proc.returncode}):\n"
-                            + read_text(stderr_path)
-                        )
+                    line = await next_line(lines, proc, stderr_path)
                     kind = parse_line(line, history)
                     ready = ready or kind == "ready"
                     acks += kind == "ack"
@@ -172,13 +166,6 @@ async def run_and_kill(
             while (line := await lines.next()) is not None:
                 parse_line(line, history)
             await proc.wait()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            with trio.CancelScope(shield=True):
-                await proc.wait()
-        if proc.stdout is not None:
-            await proc.stdout.aclose()
     assert proc.returncode == -signal.SIGKILL, (
         f"child was not killed (status {proc.returncode}):\n" + read_text(stderr_path)
     )

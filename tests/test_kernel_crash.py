@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import trio
 import trio.lowlevel
-from _children import Lines, load_child
+from _children import Lines, load_child, next_line, reaped
 
 import nerve
 from nerve.events._vocabulary import (
@@ -77,17 +77,11 @@ async def run_and_kill(
             stderr=err,
         )
     blocked: dict[str, int] = {}
-    try:
+    async with reaped(proc):
         assert proc.stdout is not None
         lines = Lines(proc.stdout)
         with trio.fail_after(ROUND_TIMEOUT):
-            while (line := await lines.next()) != "settled":
-                if line is None:
-                    await proc.wait()
-                    raise AssertionError(
-                        f"child exited by itself (status {proc.returncode}):\n"
-                        + stderr_path.read_text(errors="replace")
-                    )
+            while (line := await next_line(lines, proc, stderr_path)) != "settled":
                 kind, *rest = line.split()
                 if kind == "triggered":
                     history.triggered.append((rest[0], int(rest[1]), rest[2]))
@@ -101,13 +95,6 @@ async def run_and_kill(
             proc.kill()
             await proc.wait()
         assert proc.returncode == -signal.SIGKILL
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            with trio.CancelScope(shield=True):
-                await proc.wait()
-        if proc.stdout is not None:
-            await proc.stdout.aclose()
     # Runs blocked in this round were started when it died: crashed.
     history.crashes.update(blocked.keys())
     for run_id, attempt in blocked.items():

@@ -22,7 +22,7 @@ from typing import Any
 
 import apsw
 import trio
-from _children import Lines, load_child
+from _children import Lines, load_child, next_line, reaped
 
 import nerve
 from nerve import NewEvent
@@ -62,19 +62,13 @@ async def run_and_kill(
             stdout=subprocess.PIPE,
             stderr=err,
         )
-    try:
+    async with reaped(proc):
         assert proc.stdout is not None
         lines = Lines(proc.stdout)
         with trio.fail_after(ROUND_TIMEOUT):
             n = 0
             while n < kill_after:
-                line = await lines.next()
-                if line is None:
-                    await proc.wait()
-                    raise AssertionError(
-                        f"child exited by itself (status {proc.returncode}):\n"
-                        + stderr_path.read_text()
-                    )
+                line = await next_line(lines, proc, stderr_path)
                 lines_seen.append(line)
                 n += counted(line)
                 if line.startswith("caught"):
@@ -86,13 +80,6 @@ async def run_and_kill(
             while (line := await lines.next()) is not None:
                 lines_seen.append(line)
             await proc.wait()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            with trio.CancelScope(shield=True):
-                await proc.wait()
-        if proc.stdout is not None:
-            await proc.stdout.aclose()
     assert proc.returncode == -signal.SIGKILL, (
         f"child was not killed (status {proc.returncode}):\n" + stderr_path.read_text()
     )
