@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Coroutine
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -98,13 +99,17 @@ class Actor(Generic[M]):
 
     # -- sending ------------------------------------------------------------
 
-    async def tell(self, message: M) -> bool:
+    # A plain function returning the mailbox's coroutine: ``await a.tell(m)``
+    # runs one coroutine frame per message, not two.
+    def tell(self, message: M) -> Coroutine[Any, Any, bool]:
         """Send without waiting for an answer (waits for room if ``block``).
+
+        Await the result: ``await actor.tell(message)``.
 
         Returns:
             False if the mailbox's overflow policy dropped the message.
         """
-        return await self.mailbox.put(message)
+        return self.mailbox.put(message)
 
     def tell_nowait(self, message: M) -> bool:
         """Send without waiting at all; see `Mailbox.put_nowait`."""
