@@ -30,6 +30,7 @@ import sys
 from typing import Any
 
 import trio
+from _runs import EventByEventRuns
 
 import nerve
 from nerve import NewEvent
@@ -183,10 +184,12 @@ async def rebuild_runs(log: nerve.Log, seed: int) -> None:
     gen = ValidRuns(random.Random(seed), f"k{seed}-", status, attempt)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(append_runs_forever, log, gen)
+        # Both ways a fresh build folds: in SQL, or (odd seeds) event by event.
+        rebuilt = EventByEventRuns() if seed % 2 else WorkflowRuns()
         while True:
             await rebuild(
                 log,
-                WorkflowRuns(),
+                rebuilt,
                 progress=lambda done, target: emit(f"progress {done} {target}"),
             )
             emit(f"rebuilt {log.head}")

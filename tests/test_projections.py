@@ -9,6 +9,7 @@ import os
 import random
 import sys
 import threading
+import warnings
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -18,9 +19,10 @@ import apsw
 import pytest
 import trio
 import trio.testing
+from _runs import EventByEventRuns, SpiedRuns
 
 import nerve
-from nerve import NewEvent, RefusedByProjection
+from nerve import EventDecodingError, NewEvent, RefusedByProjection
 from nerve.events._vocabulary import (
     TRANSITIONS,
     RunCompleted,
@@ -623,6 +625,153 @@ async def test_an_illegal_transition_another_process_appended_is_skipped(
         assert runs == {"a": "completed", "b": "started"}
 
 
+# -- workflow_runs: the fold in SQL of fresh builds ----------------------------------
+
+UNFIT = {
+    "fit": "nothing: SQL folds it",
+    "illegal": "an illegal transition another process appended",
+    "outside": "a lifecycle event outside a run stream",
+    "blob": "a payload stored as a blob",
+    "archived": "archived days",
+    "missing_field": "a started event without its attempt (the default applies)",
+    "wrong_type": "an attempt stored as a string",
+    "malformed": "a payload that is not JSON",
+}
+
+
+def rewrite_payload(data_dir: Path, position: int, payload: str) -> None:
+    conn = apsw.Connection(str(data_dir / "logs.db"))
+    try:
+        conn.execute(
+            "UPDATE logs SET payload = ? WHERE position = ?", (payload, position)
+        )
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("case", sorted(UNFIT))
+async def test_a_fresh_build_folds_in_sql_only_what_it_folds_alike(
+    data_dir: Path, case: str
+) -> None:
+    """A fresh build folds ``workflow_runs`` in one SQL statement only when
+    that gives what folding event by event gives; otherwise (each of `UNFIT`)
+    it folds event by event. Either way a replay equals the event-by-event
+    replay row for row."""
+    clock = FakeClock(EPOCH - 3 * DAY)
+    async with nerve.open_log(data_dir, clock=clock, blob_threshold=100) as log:
+        await attach_inline(log, WorkflowRuns())
+        for run, status in [("a", "completed"), ("b", "started"), ("c", "dropped")]:
+            await run_to(log, run, status)
+        await run_to(log, "d", "crashed")
+        await log.append("run-d", [started(2), failed("E", "boom")])
+        clock.now = EPOCH
+        await run_to(log, "e", "queued")
+        if case == "blob":
+            await run_to(log, "f", None)
+            await log.append("run-f", queued("big", {"text": "x" * 500}))
+        started_at = (await all_events(log, types=["workflow.run.started"]))[0]
+        live = runs_table(log)
+        if case == "archived":
+            assert await log.archive(timedelta(days=1), now=EPOCH)
+    if case in ("illegal", "outside"):
+        async with nerve.open_log(data_dir) as detached:
+            if case == "illegal":
+                await detached.append("run-a", started())  # a has completed
+            else:
+                await detached.append("not-a-run", queued())
+    elif case == "missing_field":
+        rewrite_payload(data_dir, started_at.position, '{"resumed":false}')
+    elif case == "wrong_type":
+        rewrite_payload(data_dir, started_at.position, '{"attempt":"1"}')
+    elif case == "malformed":
+        rewrite_payload(data_dir, started_at.position, '{"attempt":')
+    async with nerve.open_log(data_dir) as log:
+        spied = SpiedRuns()
+        if case == "malformed":
+            with pytest.raises(EventDecodingError, match=f"{started_at.position}"):
+                await replay(log, [spied], into=data_dir.parent / "sql")
+            assert spied.bulk == [False]
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SkippedEventWarning)
+            await replay(log, [spied], into=data_dir.parent / "sql")
+            await replay(log, [EventByEventRuns()], into=data_dir.parent / "paged")
+        assert spied.bulk == [case == "fit"], UNFIT[case]
+        rows = table_rows(
+            data_dir.parent / "sql" / "logs.db", "workflow_runs", "run_id"
+        )
+        paged = table_rows(
+            data_dir.parent / "paged" / "logs.db", "workflow_runs", "run_id"
+        )
+        assert rows == paged
+        assert len(rows) >= 5
+        if case in ("fit", "blob", "archived"):
+            assert rows == live
+        if case == "missing_field":
+            assert {r[0]: r[3] for r in rows}["a"] == 1  # RunStarted's default
+
+
+async def test_cancelling_a_rebuild_interrupts_its_sql_fold(data_dir: Path) -> None:
+    """The SQL fold runs in a worker thread: cancelling the rebuild interrupts
+    its statement instead of waiting for it; the live model is untouched."""
+    entered = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+    outcome: list[str] = []
+
+    class SlowRuns(WorkflowRuns):
+        def bulk_fold(self, conn: apsw.Connection, source: str, upto: int) -> bool:
+            trio.from_thread.run_sync(entered.set, trio_token=token)
+            try:  # seconds of work, unless interrupted
+                conn.execute(
+                    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 "
+                    "FROM c WHERE x < 300000000) SELECT count(*) FROM c"
+                ).fetchall()
+            except apsw.InterruptError:
+                outcome.append("interrupted")
+                raise
+            outcome.append("finished")
+            return False
+
+    async with nerve.open_log(data_dir) as log:
+        await attach_inline(log, WorkflowRuns())
+        for run, status in [("a", "completed"), ("b", "started")]:
+            await run_to(log, run, status)
+        live = runs_table(log)
+        with trio.fail_after(SAFETY):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(rebuild, log, SlowRuns())
+                await entered.wait()
+                nursery.cancel_scope.cancel()
+        assert outcome == ["interrupted"]
+        assert runs_table(log) == live
+        assert checkpoint_of(log.path, "workflow_runs") == (1, log.head)
+        assert rebuild_files(data_dir) == []
+        await rebuild(log, WorkflowRuns())  # and the next one works
+        assert runs_table(log) == live
+
+
+def test_the_sql_legality_test_is_the_transition_table() -> None:
+    """`_legal_sql` (the bulk fold's test of a run's statuses) accepts exactly
+    the strings `_is_legal` (a walk of TRANSITIONS) does, of 1 to 7 codes."""
+    import itertools
+
+    from nerve.projections._workflow_runs import _CODE_OF_STATUS, _is_legal, _legal_sql
+
+    codes = "".join(_CODE_OF_STATUS.values())
+    strings = [
+        "".join(p) for n in range(1, 8) for p in itertools.product(codes, repeat=n)
+    ]
+    conn = apsw.Connection(":memory:")
+    conn.execute("CREATE TABLE t (codes TEXT)")
+    conn.executemany("INSERT INTO t VALUES (?)", [(x,) for x in strings])
+    legal_in_sql = {
+        x for (x,) in conn.execute(f"SELECT codes FROM t WHERE {_legal_sql('codes')}")
+    }
+    legal = {x for x in strings if _is_legal(x)}
+    assert legal_in_sql == legal
+    assert {"Q", "QD", "QS", "QSC", "QSXSXSI"} <= legal
+
+
 # -- workflow_runs: queries ------------------------------------------------------------
 
 
@@ -807,9 +956,11 @@ async def test_attach_refuses_a_projection_of_another_database(log: nerve.Log) -
 # -- rebuild while appends continue ------------------------------------------------
 
 
+@pytest.mark.parametrize("fold", ["sql", "event_by_event"])
 async def test_rebuild_while_appends_continue_equals_a_replay(
-    data_dir: Path,
+    data_dir: Path, fold: str
 ) -> None:
+    rebuilt = SpiedRuns() if fold == "sql" else EventByEventRuns()
     gen = ValidRuns(random.Random(5))
     async with nerve.open_log(data_dir) as log:
         await attach_inline(log, WorkflowRuns())
@@ -851,9 +1002,7 @@ async def test_rebuild_while_appends_continue_equals_a_replay(
                 for p in ("x", "y", "z"):
                     nursery.start_soon(appender, p)
                 nursery.start_soon(reader)
-                await rebuild(
-                    log, WorkflowRuns(), progress=lambda a, b: calls.append((a, b))
-                )
+                await rebuild(log, rebuilt, progress=lambda a, b: calls.append((a, b)))
                 stop.set()
         # Appends really went on during the rebuild, past its target.
         target = calls[-1][1]
@@ -863,7 +1012,11 @@ async def test_rebuild_while_appends_continue_equals_a_replay(
         assert log.head > target
         assert all(b == target for _, b in calls)
         assert [a for a, _ in calls] == sorted(a for a, _ in calls)
-        assert len(calls) >= 3
+        if fold == "sql":
+            assert rebuilt.bulk == [True]  # type: ignore[attr-defined]
+            assert calls == [(0, target), (target, target)]
+        else:
+            assert len(calls) >= 3  # a call per page
         assert len(seen) > 1
         assert checkpoint_of(log.path, "workflow_runs") == (1, log.head)
         assert await verify(log, [WorkflowRuns()]) == []

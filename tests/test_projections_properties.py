@@ -18,6 +18,7 @@ import attrs
 import orjson
 import trio
 import trio.testing
+from _runs import EventByEventRuns, SpiedRuns
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -340,8 +341,17 @@ async def check(history: History, root: Path) -> None:
 
             # == a fresh replay
             replayed = root / "replayed"
-            assert await replay(log, [runs, alpha, beta], into=replayed) == log.head
+            spied = SpiedRuns()
+            assert await replay(log, [spied, alpha, beta], into=replayed) == log.head
+            assert spied.bulk == [True]  # a valid history folds in SQL...
             assert snapshot(replayed) == live
+            # ...like event by event
+            paged = root / "paged"
+            await replay(log, [EventByEventRuns()], into=paged)
+            assert (
+                table(paged / "logs.db", "workflow_runs", "run_id")
+                == live["workflow_runs"]
+            )
             assert await verify(log, [runs, alpha, beta]) == []
 
             # == an in-place rebuild

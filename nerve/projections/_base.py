@@ -92,6 +92,20 @@ class Projection(abc.ABC):
         share the log's connections and get no call.
         """
 
+    def bulk_fold(self, conn: apsw.Connection, source: str, upto: int) -> bool:
+        """Fold the whole history up to ``upto`` in SQL, if this projection can.
+
+        Called by fresh builds (rebuild, replay, verify) before folding event
+        by event, inside the build's transaction, with this projection's
+        tables empty and the log's database attached to ``conn`` as schema
+        ``source`` (read it, never write it). Return True once the tables
+        hold exactly what folding every event up to ``upto`` in order would
+        give; return False, having written nothing, to be folded event by
+        event instead (default). The history may include archived days the
+        ``logs`` table no longer holds: ``archived_through(conn, source)``.
+        """
+        return False
+
     def handles(self, event_type: str) -> bool:
         return self.types is None or event_type in self.types
 
@@ -224,6 +238,15 @@ def _apply_skipping_refused(
         conn.execute("RELEASE fold_one")
     conn.execute("RELEASE fold_batch")
     return folded
+
+
+def archived_through(conn: apsw.Connection, source: str) -> int:
+    """The last position the log ``source`` (an attached schema) has archived
+    (0: none): the events up to there live in archive files, not in ``logs``."""
+    rows = conn.execute(
+        f"SELECT value FROM {source}.meta WHERE key = 'archive.position'"
+    ).fetchall()
+    return int(rows[0][0]) if rows else 0
 
 
 def open_projection_db(

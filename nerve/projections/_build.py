@@ -144,7 +144,13 @@ async def build(
             conns[path], deferred[path] = await trio.to_thread.run_sync(
                 open_fresh, path, projections
             )
-        every = [p for ps in targets.values() for p in ps]
+        if progress is not None:
+            progress(0, target)
+        remaining = {
+            path: await _fold_in_sql(conns[path], log, projections, target)
+            for path, projections in targets.items()
+        }
+        every = [p for ps in remaining.values() for p in ps]
         reader = log.read(after=0, types=union_types(every))
 
         token = trio.lowlevel.current_trio_token()
@@ -176,8 +182,9 @@ async def build(
                     events = [e for e in events if e.position <= target]
                 done = min(scanned, target)
                 if events:
-                    for path, projections in targets.items():
-                        fold_page(conns[path], projections, events, done)
+                    for path, projections in remaining.items():
+                        if projections:
+                            fold_page(conns[path], projections, events, done)
                 if progress is not None:
                     token.run_sync_soon(report, done)
                 if scanned >= target or failed:
@@ -185,7 +192,7 @@ async def build(
                 if time.monotonic() >= until:
                     return False
 
-        while not await trio.to_thread.run_sync(fold_for_a_while):
+        while every and not await trio.to_thread.run_sync(fold_for_a_while):
             pass
         if failed:
             raise failed[0]
@@ -209,6 +216,51 @@ async def build(
     finally:
         for conn in conns.values():
             conn.close()
+
+
+async def _fold_in_sql(
+    conn: apsw.Connection, log: Log, projections: Sequence[Projection], upto: int
+) -> list[Projection]:
+    """Let each projection fold the history in SQL (`Projection.bulk_fold`);
+    return those left to fold event by event.
+
+    One thread hop, with the log's database attached to the fresh one. A
+    cancelled build interrupts the SQL (a progress handler asks trio whether
+    the call was cancelled); the fresh build is then thrown away, as after
+    any cancelled rebuild.
+    """
+
+    def cancelled() -> bool:
+        try:
+            trio.from_thread.check_cancelled()
+        except trio.Cancelled:
+            return True
+        return False
+
+    def run() -> list[Projection]:
+        conn.set_progress_handler(cancelled, 100_000)
+        # Read only by convention (``?mode=ro`` needs URI filenames, which
+        # would change how every other path given to SQLite is read).
+        conn.execute("ATTACH DATABASE ? AS nerve_log", (str(log.path),))
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                left = [
+                    p for p in projections if not p.bulk_fold(conn, "nerve_log", upto)
+                ]
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except apsw.InterruptError:
+            trio.from_thread.check_cancelled()  # raises Cancelled, if that was it
+            raise
+        finally:
+            conn.execute("DETACH DATABASE nerve_log")
+            conn.set_progress_handler(None)
+        return left
+
+    return await trio.to_thread.run_sync(run)
 
 
 def copy_in(
