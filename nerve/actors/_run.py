@@ -47,10 +47,23 @@ class Outcome:
 class RunHandle:
     """A triggered run; ``await handle.wait()`` for its `Outcome`."""
 
+    # One per queued run (a backlog may hold many): slots, and a trio.Event
+    # only once someone waits before the run has ended.
+    __slots__ = (
+        "_done",
+        "_error",
+        "_event",
+        "_outcome",
+        "_pending",
+        "run_id",
+        "workflow",
+    )
+
     def __init__(self, run_id: str, workflow: str) -> None:
         self.run_id = run_id
         self.workflow = workflow
-        self._done = trio.Event()
+        self._done = False
+        self._event: trio.Event | None = None
         self._outcome: Outcome | None = None
         self._pending: PendingAppend | None = None
         self._error: BaseException | None = None
@@ -60,18 +73,23 @@ class RunHandle:
 
     @property
     def done(self) -> bool:
-        return self._done.is_set()
+        return self._done
+
+    def _set_done(self) -> None:
+        self._done = True
+        if self._event is not None:
+            self._event.set()
 
     def _resolve(self, outcome: Outcome, pending: PendingAppend | None = None) -> None:
-        if not self._done.is_set():
+        if not self._done:
             self._outcome = outcome
             self._pending = pending
-            self._done.set()
+            self._set_done()
 
     def _fail(self, error: BaseException) -> None:
-        if not self._done.is_set():
+        if not self._done:
             self._error = error
-            self._done.set()
+            self._set_done()
 
     async def wait(self) -> Outcome:
         """Wait until the run ends and its last event is durable.
@@ -83,8 +101,10 @@ class RunHandle:
         """
         # The run's last append is the actor's: waiting here only observes it
         # (a cancelled wait must not withdraw it).
-        if not self._done.is_set():
-            await self._done.wait()
+        if not self._done:
+            if self._event is None:
+                self._event = trio.Event()
+            await self._event.wait()
             if self._pending is not None:
                 await self._pending.wait(withdraw=False)
         elif self._pending is not None:

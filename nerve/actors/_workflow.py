@@ -95,7 +95,13 @@ class _Entry:
     attempt: int
     resumed: bool
     pending: list[PendingAppend] = attrs.field(factory=list)
-    """Appends that must be durable before the run's function starts."""
+    """Appends that must be durable before the run's function starts (a
+    queued run lets go of its ``queued`` append once it is written)."""
+
+    def settle(self) -> None:
+        """Forget the appends already written: a backlog of queued runs holds
+        no finished append requests (nor their events and results)."""
+        self.pending = [p for p in self.pending if not p.ok]
 
 
 @attrs.frozen
@@ -127,10 +133,11 @@ class WorkflowActor(Actor[Trigger]):
         self.spec = spec
         self.log = log
         self.queue: deque[_Entry] = deque()
-        self.running: dict[str, trio.CancelScope] = {}
+        self.running: dict[str, _Entry] = {}
         self.handles: dict[str, RunHandle] = {}
         self.closing = False
         self._runs: trio.Nursery | None = None
+        self._runs_closing = trio.Event()
         self._alive = 0
         self._all_done = trio.Event()
         self._all_done.set()
@@ -157,8 +164,8 @@ class WorkflowActor(Actor[Trigger]):
     async def run(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        async with trio.open_nursery() as runs:
-            self._runs = runs
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._host_runs)
             try:
                 await super().run(task_status=task_status)
             except trio.Cancelled:
@@ -168,6 +175,24 @@ class WorkflowActor(Actor[Trigger]):
                 # holding the nursery open.
                 self.interrupt_all("the workflow actor failed")
                 raise
+            finally:
+                self._runs_closing.set()
+
+    async def _host_runs(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The runs' nursery: shielded from the actor's cancellation (the
+        kernel drains runs with a grace period, then `interrupt_all` cancels
+        the nursery's scope: every run at once, one scope for them all).
+        Open until the actor has stopped and its last run has ended."""
+        with trio.CancelScope(shield=True):
+            async with trio.open_nursery() as runs:
+                self._runs = runs
+                task_status.started()
+                # Shielded from ``runs.cancel_scope`` too: interrupted runs
+                # that were still to start must find the nursery open.
+                with trio.CancelScope(shield=True):
+                    await self._runs_closing.wait()
 
     def recover(self, resume: Sequence[Any], queued: Sequence[Any]) -> None:
         """Take up runs found in the log at start (before any trigger).
@@ -241,7 +266,9 @@ class WorkflowActor(Actor[Trigger]):
             if len(self.queue) - self._resuming >= spec.max_queue:
                 self._evict_oldest()
             pending = self.log._submit_encoded(stream, [queued], NO_STREAM)
-            self.queue.append(_Entry(t.run_id, t.payload, 1, False, [pending]))
+            entry = _Entry(t.run_id, t.payload, 1, False, [pending])
+            pending.on_done(entry.settle)
+            self.queue.append(entry)
             self._transition(t.run_id, "queued")
             if self.closing:  # it stays queued: the next start admits it
                 del self.handles[t.run_id]
@@ -314,8 +341,7 @@ class WorkflowActor(Actor[Trigger]):
 
     def _start(self, entry: _Entry) -> None:
         assert self._runs is not None
-        scope = trio.CancelScope(shield=True)
-        self.running[entry.run_id] = scope
+        self.running[entry.run_id] = entry
         self.counts["started"] += 1
         self._transition(entry.run_id, "started")
         self._alive += 1
@@ -325,14 +351,14 @@ class WorkflowActor(Actor[Trigger]):
         # wait for them (a park and a wake-up per run).
         last = entry.pending[-1] if entry.pending else None
         if last is None or last.done:
-            self._spawn(entry, scope)
+            self._spawn(entry)
         else:
-            last.on_done(lambda: self._spawn(entry, scope))
+            last.on_done(lambda: self._spawn(entry))
 
-    def _spawn(self, entry: _Entry, scope: trio.CancelScope) -> None:
+    def _spawn(self, entry: _Entry) -> None:
         assert self._runs is not None
         try:
-            self._runs.start_soon(self._run, entry, scope, name=f"run {entry.run_id}")
+            self._runs.start_soon(self._run, entry, name=f"run {entry.run_id}")
         except RuntimeError:
             # The actor failed meanwhile and its nursery is closed: the run
             # stays started in the log and is recovered as crashed next start.
@@ -343,25 +369,29 @@ class WorkflowActor(Actor[Trigger]):
         if not self._alive:
             self._all_done.set()
 
-    async def _run(self, entry: _Entry, scope: trio.CancelScope) -> None:
+    async def _run(self, entry: _Entry) -> None:
         spec = self.spec
         outcome: tuple[str, Any] | None = None
         handle = self.handles.get(entry.run_id)
         try:
-            with scope:
+            try:
+                # The task starts once the last of them is written, and
+                # the writer takes appends in order: all are done.
+                for pending in entry.pending:
+                    pending.result()
+            except NerveError as e:
+                outcome = ("unrecorded", e)
+            else:
                 try:
-                    # The task starts once the last of them is written, and
-                    # the writer takes appends in order: all are done.
-                    for pending in entry.pending:
-                        pending.result()
-                except NerveError as e:
-                    outcome = ("unrecorded", e)
-                else:
                     run = await self._make_run(entry)
-                    try:
-                        outcome = ("completed", await spec.fn(run))
-                    except Exception as e:
-                        outcome = ("failed", e)
+                    outcome = ("completed", await spec.fn(run))
+                except Exception as e:
+                    outcome = ("failed", e)
+                except BaseException as e:
+                    # Only `interrupt_all` cancels the runs' nursery: the run
+                    # is interrupted (outcome None), recorded by `_finish`.
+                    if not _only_cancelled(e):
+                        raise
             await self._finish(entry.run_id, outcome, handle)
         finally:
             self._run_ended()
@@ -450,10 +480,14 @@ class WorkflowActor(Actor[Trigger]):
     # -- shutdown -------------------------------------------------------------------
 
     def interrupt_all(self, reason: str) -> None:
-        """Cancel every running run; each is recorded ``interrupted``."""
+        """Cancel every running run; each is recorded ``interrupted``.
+
+        Runs started afterwards (their ``started`` event was being written)
+        are cancelled at once too: the runs' nursery stays cancelled.
+        """
         self._interrupt_reason = reason
-        for scope in self.running.values():
-            scope.cancel()
+        if self._runs is not None:
+            self._runs.cancel_scope.cancel()
 
     async def drain(self, grace: float, reason: str = "shutdown") -> None:
         """Stop admitting; give running runs ``grace`` seconds, then interrupt.
@@ -469,6 +503,15 @@ class WorkflowActor(Actor[Trigger]):
         for run_id, handle in list(self.handles.items()):
             handle._fail(closed_error(run_id))
         self.handles.clear()
+
+
+def _only_cancelled(e: BaseException) -> bool:
+    """Whether ``e`` is a cancellation (or a group of nothing else)."""
+    if isinstance(e, trio.Cancelled):
+        return True
+    if isinstance(e, BaseExceptionGroup):
+        return e.split(trio.Cancelled)[1] is None
+    return False
 
 
 def crashed_event(reason: str) -> NewEvent:

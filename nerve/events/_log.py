@@ -1053,6 +1053,11 @@ class PendingAppend:
         """Whether the outcome is known."""
         return self._request.done
 
+    @property
+    def ok(self) -> bool:
+        """Whether it is finished and written (not failed, not pending)."""
+        return self._request.outcome.__class__ is AppendResult
+
     def result(self) -> AppendResult:
         """The outcome of a finished append: its result, or raise its error.
 
