@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio.testing
 
 import nerve
 
@@ -128,6 +129,12 @@ async def main(data_dir: str, counter: str, seed: int, n: int, once: bool) -> No
             ):
                 break
             await progress.wait()
+        # "triggered" means accepted, not yet written: before "settled" (the
+        # parent kills then), let the actors take every trigger, then append
+        # an event of our own. The log writes in submission order, so once
+        # that is durable, so is every run's first event.
+        await trio.testing.wait_all_tasks_blocked()
+        await kernel.log.append("child-settled", nerve.NewEvent("child.settled", {}))
         emit("settled")
         await trio.sleep_forever()
 
