@@ -24,6 +24,7 @@ class SpiedRuns(WorkflowRuns):
     """``workflow_runs`` that records whether each fresh build folded in SQL."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.bulk: list[bool] = []
 
     def bulk_fold(self, conn: apsw.Connection, source: str, upto: int) -> bool:

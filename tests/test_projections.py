@@ -41,6 +41,7 @@ from nerve.events._vocabulary import (
 )
 from nerve.projections import (
     Difference,
+    Projection,
     ProjectionRecoveredWarning,
     ProjectionRunner,
     RunQueries,
@@ -773,6 +774,65 @@ def test_the_sql_legality_test_is_the_transition_table() -> None:
 
 
 # -- workflow_runs: queries ------------------------------------------------------------
+
+
+class RefusesSomeCrashes(Projection):
+    """An inline projection folded after ``workflow_runs``: it refuses a
+    crash whose reason is "refuse", after ``workflow_runs`` folded it."""
+
+    name = "refuses_some_crashes"
+    types = frozenset({"workflow.run.crashed"})
+
+    def setup(self, conn: apsw.Connection) -> None:
+        pass
+
+    def apply(
+        self, conn: apsw.Connection, events: Sequence[nerve.RecordedEvent]
+    ) -> None:
+        if any(e.data.reason == "refuse" for e in events):
+            raise RefusedByProjection("this crash is refused")
+
+
+async def test_cached_rows_follow_a_rolled_back_fold(log: nerve.Log) -> None:
+    """``workflow_runs`` keeps active runs' rows between batches; a fold it
+    made that another projection's refusal rolls back is forgotten."""
+    await attach_inline(log, WorkflowRuns())
+    await attach_inline(log, RefusesSomeCrashes())
+    await run_to(log, "a", "started")
+    with pytest.raises(RefusedByProjection, match="this crash is refused"):
+        await log.append("run-a", crashed("refuse"))
+    await log.append("run-a", completed())  # legal: "a" is still started
+    record = await RunQueries(log).get("a")
+    assert record is not None
+    assert record.status == "completed"
+
+
+async def test_cached_rows_follow_another_connections_commits(
+    log: nerve.Log,
+) -> None:
+    await attach_inline(log, WorkflowRuns())
+    await run_to(log, "a", "started")  # cached by the projection
+    other = apsw.Connection(str(log.path))  # as another process would
+    try:
+        other.execute(
+            "UPDATE workflow_runs SET status = 'completed' WHERE run_id = 'a'"
+        )
+    finally:
+        other.close()
+    with pytest.raises(RefusedByProjection, match="'a' is completed"):
+        await log.append("run-a", failed())
+
+
+async def test_cached_rows_follow_a_maintenance_job(log: nerve.Log) -> None:
+    await attach_inline(log, WorkflowRuns())
+    await run_to(log, "a", "started")
+    await log.write_job(
+        lambda conn: conn.execute(
+            "UPDATE workflow_runs SET status = 'completed' WHERE run_id = 'a'"
+        )
+    )
+    with pytest.raises(RefusedByProjection, match="'a' is completed"):
+        await log.append("run-a", failed())
 
 
 async def test_run_queries(log: nerve.Log) -> None:

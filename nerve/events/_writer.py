@@ -147,7 +147,13 @@ class InlineHook(Protocol):
     """
 
     def apply(self, conn: apsw.Connection, events: Sequence[RecordedEvent]) -> None:
-        """Fold ``events`` (already positioned) into the read model."""
+        """Fold ``events`` (already positioned) into the read model.
+
+        A hook may also define ``forget()``: the writer calls it whenever
+        what ``apply`` wrote may have been undone or changed by others (a
+        rolled-back request or batch, another connection's commit, a
+        maintenance job), so a hook can cache rows between batches.
+        """
 
 
 @attrs.define(eq=False)
@@ -197,7 +203,7 @@ class LogWriter:
         if dv == self._data_version:
             return
         self._data_version = dv
-        self._versions.clear()
+        self._forget_cached_rows()
         row = self.conn.execute(
             "SELECT position, hash, ts FROM logs ORDER BY position DESC LIMIT 1"
         ).fetchall()
@@ -228,6 +234,16 @@ class LogWriter:
             self.prefetch_versions([stream])
             v = self._versions[stream]
         return v
+
+    def _forget_cached_rows(self) -> None:
+        """The database may differ from what was cached (a rollback, another
+        connection's commit, a maintenance job): forget the stream versions
+        and let each hook forget what it caches (`InlineHook.forget`)."""
+        self._versions.clear()
+        for hook in self.hooks:
+            forget = getattr(hook, "forget", None)
+            if forget is not None:
+                forget()
 
     def prefetch_versions(self, streams: Iterable[str]) -> None:
         """Load the versions of streams not cached, in one query per 500.
@@ -360,8 +376,8 @@ class LogWriter:
         """Roll back and forget what the batch did to the cached state."""
         self._rollback()
         self.head, self.last_hash, self.last_ts = saved
-        # A cache: cleared rather than copied before every batch.
-        self._versions.clear()
+        # Caches: cleared rather than copied before every batch.
+        self._forget_cached_rows()
         self._data_version = -1
 
     def store_blobs(
@@ -419,7 +435,7 @@ class LogWriter:
             conn.execute("RELEASE batch")
         # Slow path: one SAVEPOINT per request finds the culprit(s).
         self.head, self.last_hash, self.last_ts = start_state
-        self._versions.clear()  # reloaded from the rolled-back database
+        self._forget_cached_rows()  # reloaded from the rolled-back database
         outcomes = []
         for request in requests:
             # The state before staging: a refused request must give its
@@ -440,7 +456,7 @@ class LogWriter:
                 conn.execute("ROLLBACK TO one")
                 conn.execute("RELEASE one")
                 self.head, self.last_hash, self.last_ts = state
-                self._versions.clear()
+                self._forget_cached_rows()
                 outcomes.append(
                     map_error(self.path, e) if isinstance(e, apsw.Error) else e
                 )

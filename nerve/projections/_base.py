@@ -92,6 +92,13 @@ class Projection(abc.ABC):
         share the log's connections and get no call.
         """
 
+    def forget(self) -> None:  # noqa: B027 (optional hook)
+        """Drop whatever the projection caches between folds (default:
+        nothing). Called when the database may no longer hold what its last
+        folds wrote: the transaction or savepoint around them rolled back,
+        or another connection wrote (inline projections: the log's writer
+        calls it)."""
+
     def bulk_fold(self, conn: apsw.Connection, source: str, upto: int) -> bool:
         """Fold the whole history up to ``upto`` in SQL, if this projection can.
 

@@ -29,6 +29,11 @@ class InlineProjection:
         self.events = 0
         self.batches = 0
 
+    def forget(self) -> None:
+        """The writer's signal that the database may differ from what the
+        projection folded: see `Projection.forget`."""
+        self.projection.forget()
+
     def apply(self, conn: apsw.Connection, events: Sequence[RecordedEvent]) -> None:
         first = events[0].position
         if self.log is not None:

@@ -12,6 +12,7 @@ make any other refuses its append (nothing of it is written)::
 from __future__ import annotations
 
 import builtins
+import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
@@ -31,6 +32,7 @@ from nerve.events._vocabulary import (
     QUEUED,
     RUN_STATUS_OF_TYPE,
     STARTED,
+    TERMINAL_STATUSES,
     TRANSITIONS,
     RunCrashed,
     RunDropped,
@@ -130,7 +132,22 @@ class WorkflowRuns(Projection):
             """
         )
 
+    def __init__(self) -> None:
+        self._rows: dict[str, list[Any]] = {}
+        """The rows of active runs as last written, on ``_rows_conn``: a
+        run's next event needs no lookup (a run's three events go in three
+        batches). Updated once a fold succeeds; the log's writer calls
+        `forget` whenever a write may have been undone."""
+        self._rows_conn: apsw.Connection | None = None
+
+    def forget(self) -> None:
+        self._rows.clear()
+
     def apply(self, conn: apsw.Connection, events: Sequence[RecordedEvent]) -> None:
+        if conn is not self._rows_conn:
+            self._rows.clear()
+            self._rows_conn = conn
+        cache = self._rows
         run_ids = []
         for e in events:
             run_id = run_id_of(e.stream)
@@ -143,17 +160,30 @@ class WorkflowRuns(Projection):
         # A run whose first event here is its stream's first has no row yet:
         # only the others are looked up (in a kernel, most runs start in the
         # batch that queues them).
-        seen: set[str] = set()
+        rows: dict[str, Any] = {}
         known = []
         for run_id, e in zip(run_ids, events, strict=True):
-            if run_id not in seen:
-                seen.add(run_id)
-                if e.version != 1:
-                    known.append(run_id)
-        rows = _load(conn, known) if known else {}
+            if run_id not in rows:
+                cached = cache.get(run_id)
+                if cached is not None:
+                    rows[run_id] = cached.copy()  # the cache changes on success only
+                else:
+                    rows[run_id] = None
+                    if e.version != 1:
+                        known.append(run_id)
+        if known:
+            rows.update(_load(conn, known))
         for run_id, e in zip(run_ids, events, strict=True):
-            rows[run_id] = _transition(rows.get(run_id), run_id, e)
+            rows[run_id] = _transition(rows[run_id], run_id, e)
         conn.executemany(_UPSERT, rows.values())
+        for run_id, row in rows.items():
+            if row[2] in TERMINAL_STATUSES:
+                cache.pop(run_id, None)
+            else:
+                cache[run_id] = row
+        if len(cache) > _MAX_CACHED_ROWS:  # a backlog of queued runs: keep the newest
+            for run_id in list(itertools.islice(cache, len(cache) - _MAX_CACHED_ROWS)):
+                del cache[run_id]
 
     def bulk_fold(self, conn: apsw.Connection, source: str, upto: int) -> bool:
         """The whole history in one query: each run's row from its queued,
@@ -308,6 +338,10 @@ LEFT JOIN {{src}}.logs AS q ON q.position = runs.q_pos
 LEFT JOIN {{src}}.logs AS s ON s.position = runs.s_pos
 LEFT JOIN {{src}}.logs AS c ON c.position = runs.c_pos
 """  # noqa: E501
+
+
+_MAX_CACHED_ROWS: Final = 50_000
+"""Rows of active runs `WorkflowRuns` keeps between batches (~10 MB at most)."""
 
 
 # An upsert, not INSERT OR REPLACE: a changed row is updated in place (its
