@@ -148,6 +148,7 @@ class WorkflowActor(Actor[Trigger]):
             ("started", "completed", "failed", "dropped", "interrupted"), 0
         )
         self._started_1: EncodedEvent | None = None
+        self._completed_none: EncodedEvent | None = None
         self.on_transition: Callable[[str, str], None] | None = None
         """Called with (run id, status) at every decision (tests observe it)."""
 
@@ -439,9 +440,19 @@ class WorkflowActor(Actor[Trigger]):
             error = outcome[1]  # its queued/started append failed: nothing to record
         elif outcome[0] == "completed":
             try:
-                pending = self.log.submit(
-                    stream, NewEvent("workflow.run.completed", RunCompleted(outcome[1]))
-                )
+                if outcome[1] is None:  # the same event for every such run
+                    if self._completed_none is None:
+                        self._completed_none = self.log._encode(
+                            NewEvent("workflow.run.completed", RunCompleted(None))
+                        )
+                    pending = self.log._submit_encoded(
+                        stream, [self._completed_none], None
+                    )
+                else:
+                    pending = self.log.submit(
+                        stream,
+                        NewEvent("workflow.run.completed", RunCompleted(outcome[1])),
+                    )
                 result = Outcome(run_id, name, "completed", result=outcome[1])
                 self.counts["completed"] += 1
             except EventEncodingError as e:
