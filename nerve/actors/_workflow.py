@@ -384,7 +384,11 @@ class WorkflowActor(Actor[Trigger]):
                 outcome = ("unrecorded", e)
             else:
                 try:
-                    run = await self._make_run(entry)
+                    run = (
+                        await self._resumed_run(entry)
+                        if entry.resumed
+                        else self._new_run(entry, [], [])
+                    )
                     outcome = ("completed", await spec.fn(run))
                 except Exception as e:
                     outcome = ("failed", e)
@@ -393,22 +397,30 @@ class WorkflowActor(Actor[Trigger]):
                     # is interrupted (outcome None), recorded by `_finish`.
                     if not _only_cancelled(e):
                         raise
-            await self._finish(entry.run_id, outcome, handle)
+            self._finish(entry.run_id, outcome, handle)
         finally:
             self._run_ended()
 
-    async def _make_run(self, entry: _Entry) -> Run:
+    async def _resumed_run(self, entry: _Entry) -> Run:
+        """A resumed run, with its thread and step journal read back."""
         messages: list[ThreadMessage] = []
         journal: list[StepJournaled] = []
-        if entry.resumed:
-            async for e in self.log.read(
-                stream=run_stream(entry.run_id),
-                types=["workflow.message", "workflow.step"],
-            ):
-                if isinstance(e.data, ThreadMessage):
-                    messages.append(e.data)
-                else:
-                    journal.append(e.data)
+        async for e in self.log.read(
+            stream=run_stream(entry.run_id),
+            types=["workflow.message", "workflow.step"],
+        ):
+            if isinstance(e.data, ThreadMessage):
+                messages.append(e.data)
+            else:
+                journal.append(e.data)
+        return self._new_run(entry, messages, journal)
+
+    def _new_run(
+        self,
+        entry: _Entry,
+        messages: list[ThreadMessage],
+        journal: list[StepJournaled],
+    ) -> Run:
         return Run(
             self.log,
             entry.run_id,
@@ -420,7 +432,7 @@ class WorkflowActor(Actor[Trigger]):
             journal=journal,
         )
 
-    async def _finish(
+    def _finish(
         self, run_id: str, outcome: tuple[str, Any] | None, handle: RunHandle | None
     ) -> None:
         """Record the outcome, free the slot, start the next queued run."""
