@@ -8,7 +8,8 @@ Figures, each the median of ``--runs`` interleaved runs:
 2. nerve: 1000 concurrent trio tasks appending single events, each to its own
    stream, ``fts=False``;
    events/s and the ratio to (1). Targets: >= 100k events/s and >= 30x.
-   The same with the 1000 tasks sharing 10 streams, for comparison (no target).
+   The same with the 1000 tasks sharing 10 streams, and inside
+   ``nerve.gc_tuned()`` (as the kernel runs), for comparison (no target).
 3. the same with ``fts=True``. Target: >= 60k events/s.
 4. one appender alone: p50 and p99 of ``await log.append``. Target: p50 <= 1 ms.
 5. peer: the ``eventsourcing`` library's SQLite application recorder, one event
@@ -36,6 +37,7 @@ import apsw
 import orjson
 import trio
 
+import nerve
 from nerve.events import EventRegistry, NewEvent, open_log
 from nerve.events._schema import LOG_APPLICATION_ID, MIGRATIONS
 from nerve.events._sqlite import migrate
@@ -101,7 +103,13 @@ def baseline(args, events: int) -> float:
 
 
 def nerve_concurrent(
-    args, events: int, tasks: int, *, fts: bool, streams: int | None = None
+    args,
+    events: int,
+    tasks: int,
+    *,
+    fts: bool,
+    streams: int | None = None,
+    gc_tuned: bool = False,
 ) -> tuple[float, str]:
     """``tasks`` tasks appending single events, each to its own stream (or to
     one of ``streams`` shared ones)."""
@@ -129,6 +137,9 @@ def nerve_concurrent(
             )
             return per_task * tasks / elapsed, info
 
+    if gc_tuned:
+        with nerve.gc_tuned():
+            return trio.run(main)
     return trio.run(main)
 
 
@@ -269,7 +280,7 @@ def main() -> None:
         baseline_events=base_events,
         latency_events=lat_events,
     )
-    base, plain, shared, fts, p50, p99, es = (c.Series() for _ in range(7))
+    base, plain, shared, fts, p50, p99, es, tuned = (c.Series() for _ in range(8))
     floor, ceiling = c.Series(), c.Series()
     plain_info = fts_info = ""
     synchronous = None
@@ -279,6 +290,8 @@ def main() -> None:
         c.progress(f"run {run}/{args.runs}: nerve, {tasks} appenders, fts=False")
         rate, plain_info = nerve_concurrent(args, events, tasks, fts=False)
         plain.add(rate)
+        c.progress(f"run {run}/{args.runs}: nerve, {tasks} appenders, gc_tuned")
+        tuned.add(nerve_concurrent(args, events, tasks, fts=False, gc_tuned=True)[0])
         c.progress(f"run {run}/{args.runs}: nerve, {tasks} appenders, 10 streams")
         shared.add(nerve_concurrent(args, events, tasks, fts=False, streams=10)[0])
         c.progress(f"run {run}/{args.runs}: nerve, {tasks} appenders, fts=True")
@@ -328,6 +341,14 @@ def main() -> None:
             c.at_least(plain.median / b, 30, "30x"),
         ],
         note=f"last run: {plain_info}",
+    )
+    r.add(
+        f"nerve: {tasks} appenders, gc_tuned",
+        tuned,
+        "events/s",
+        baseline=b,
+        note="fts=False inside nerve.gc_tuned() (young-generation GC threshold "
+        "10,000, as open_kernel runs): what the kernel's own appends get",
     )
     r.add(
         f"nerve: {tasks} appenders, 10 streams",
