@@ -583,16 +583,21 @@ class LogWriter:
         if keyed:
             conn.executemany("INSERT INTO idempotency VALUES (?,?,?,?,?)", keyed)
         if self.hooks:
+            new = tuple.__new__  # RecordedEvent(...) without its Python __new__
+            cls = RecordedEvent
             recorded = [
-                RecordedEvent(
-                    row[0],
-                    row[1],
-                    row[2],
-                    row[3],
-                    row[6],
-                    ev.data,
-                    ev.meta_obj or EMPTY_META,
-                    row[5],
+                new(
+                    cls,
+                    (
+                        row[0],
+                        row[1],
+                        row[2],
+                        row[3],
+                        row[6],
+                        ev.data,
+                        ev.meta_obj or EMPTY_META,
+                        row[5],
+                    ),
                 )
                 for s in staged
                 for row, ev in zip(s.rows, s.request.events, strict=True)
