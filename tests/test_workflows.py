@@ -28,9 +28,9 @@ from nerve import (
     Outcome,
     UnknownWorkflowError,
 )
-from nerve.actors import Trigger
+from nerve.actors import Trigger, WorkflowActor
 from nerve.events._vocabulary import RunQueued, RunStarted, ThreadMessage, run_stream
-from nerve.projections import RunRecord
+from nerve.projections import RunQueries, RunRecord, WorkflowRuns, attach_inline
 
 SAFETY = 20  # seconds of real time: a net against hangs, never a timing assertion
 # (not with the autojump clock: virtual time jumps while the log's thread works)
@@ -810,3 +810,42 @@ def test_run_ids_start_with_their_time_and_end_random() -> None:
     assert before <= stamps[0]
     assert stamps[-1] <= after
     assert len({i[12:] for i in ids}) == len(ids)
+
+
+async def test_a_start_written_after_its_actor_stopped_is_left_for_recovery(
+    tmp_path: Path,
+) -> None:
+    """The actor stops (or fails) while a run's ``started`` event is being
+    written: once it is durable there is no nursery to run it in. The run is
+    let go (the actor's count of live runs drops) and stays ``started`` in
+    the log, for the next start to find crashed and resume."""
+    app = nerve.App()
+    ran: list[str] = []
+
+    @app.workflow("w")
+    async def w(run: nerve.Run) -> None:
+        ran.append(run.id)
+
+    async with nerve.open_log(tmp_path / "data") as log:
+        await attach_inline(log, WorkflowRuns())
+        actor = WorkflowActor(app.workflows["w"], log)
+        gate = threading.Event()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(actor.run)
+            # The writer is busy with a job until the gate opens: the run's
+            # queued and started events wait for it.
+            nursery.start_soon(log.write_job, lambda conn: gate.wait(30))
+            await trio.testing.wait_all_tasks_blocked()
+            handle = nerve.RunHandle("r1", "w")
+            actor.admit(Trigger("r1", None, "api", handle))
+            assert actor.statistics().running == 1
+            actor.stop()  # its runs' nursery closes: it holds no run task yet
+            await trio.testing.wait_all_tasks_blocked()
+            gate.set()
+        await log.append("other", nerve.NewEvent("test.after", {}))  # written after
+        assert ran == []
+        assert actor._alive == 0
+        assert actor._all_done.is_set()
+        record = await RunQueries(log).get("r1")
+        assert record is not None
+        assert record.status == "started"

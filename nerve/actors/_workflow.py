@@ -361,8 +361,9 @@ class WorkflowActor(Actor[Trigger]):
         try:
             self._runs.start_soon(self._run, entry, name=f"run {entry.run_id}")
         except RuntimeError:
-            # The actor failed meanwhile and its nursery is closed: the run
-            # stays started in the log and is recovered as crashed next start.
+            # The actor stopped or failed meanwhile and its runs nursery is
+            # closed: the run stays started in the log and is recovered as
+            # crashed at the next start.
             self._run_ended()
 
     def _run_ended(self) -> None:
