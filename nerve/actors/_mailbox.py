@@ -95,18 +95,10 @@ class Mailbox(Generic[T]):
     async def put(self, item: T) -> bool:
         """Put, waiting for room if the policy is ``block``."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        items = self._items
-        if len(items) < self.capacity and not self._closed:
-            # The common case, inlined: room, open.
-            items.append(item)
-            if self._receivers:
-                self._receivers.unpark()
-            ok = True
-        else:
-            if self.overflow is Overflow.BLOCK:
-                while len(items) >= self.capacity and not self._closed:
-                    await self._senders.park()
-            ok = self.put_nowait(item)
+        if self.overflow is Overflow.BLOCK:
+            while len(self._items) >= self.capacity and not self._closed:
+                await self._senders.park()
+        ok = self.put_nowait(item)
         await trio.lowlevel.cancel_shielded_checkpoint()
         return ok
 

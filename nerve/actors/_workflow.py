@@ -25,7 +25,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import trio
@@ -133,7 +133,8 @@ class WorkflowActor(Actor[Trigger]):
         self.spec = spec
         self.log = log
         self.queue: deque[_Entry] = deque()
-        self.running: dict[str, _Entry] = {}
+        self.running: set[str] = set()
+        """The ids of the runs holding a slot."""
         self.handles: dict[str, RunHandle] = {}
         self.closing = False
         self._runs: trio.Nursery | None = None
@@ -147,8 +148,7 @@ class WorkflowActor(Actor[Trigger]):
         self.counts = dict.fromkeys(
             ("started", "completed", "failed", "dropped", "interrupted"), 0
         )
-        self._started_1: EncodedEvent | None = None
-        self._completed_none: EncodedEvent | None = None
+        self._constant_events: dict[str, EncodedEvent] = {}
         self.on_transition: Callable[[str, str], None] | None = None
         """Called with (run id, status) at every decision (tests observe it)."""
 
@@ -276,13 +276,16 @@ class WorkflowActor(Actor[Trigger]):
                 t.handle._fail(closed_error(t.run_id))
 
     def _first_start(self) -> EncodedEvent:
-        """The ``started`` event of a first attempt: the same for every run,
-        so encoded once."""
-        if self._started_1 is None:
-            self._started_1 = self.log._encode(
-                NewEvent("workflow.run.started", RunStarted(1, False))
-            )
-        return self._started_1
+        """The ``started`` event of a first attempt."""
+        return self._constant(_FIRST_START)
+
+    def _constant(self, event: NewEvent) -> EncodedEvent:
+        """An event that is the same for every run (a first start, a
+        completion with no result): encoded once per actor."""
+        encoded = self._constant_events.get(event.type)
+        if encoded is None:
+            encoded = self._constant_events[event.type] = self.log._encode(event)
+        return encoded
 
     def _evict_oldest(self) -> None:
         for entry in self.queue:
@@ -342,7 +345,7 @@ class WorkflowActor(Actor[Trigger]):
 
     def _start(self, entry: _Entry) -> None:
         assert self._runs is not None
-        self.running[entry.run_id] = entry
+        self.running.add(entry.run_id)
         self.counts["started"] += 1
         self._transition(entry.run_id, "started")
         self._alive += 1
@@ -453,13 +456,9 @@ class WorkflowActor(Actor[Trigger]):
             error = outcome[1]  # its queued/started append failed: nothing to record
         elif outcome[0] == "completed":
             try:
-                if outcome[1] is None:  # the same event for every such run
-                    if self._completed_none is None:
-                        self._completed_none = self.log._encode(
-                            NewEvent("workflow.run.completed", RunCompleted(None))
-                        )
+                if outcome[1] is None:
                     pending = self.log._submit_encoded(
-                        stream, [self._completed_none], None
+                        stream, [self._constant(_COMPLETED_NONE)]
                     )
                 else:
                     pending = self.log.submit(
@@ -478,7 +477,7 @@ class WorkflowActor(Actor[Trigger]):
                 run_id, name, "failed", None, failed.error_type, failed.message
             )
             self.counts["failed"] += 1
-        del self.running[run_id]
+        self.running.remove(run_id)
         if result is not None:
             self._transition(run_id, result.status)
         self._admit_queued()
@@ -527,6 +526,10 @@ class WorkflowActor(Actor[Trigger]):
         for run_id, handle in list(self.handles.items()):
             handle._fail(closed_error(run_id))
         self.handles.clear()
+
+
+_FIRST_START: Final = NewEvent("workflow.run.started", RunStarted(1, False))
+_COMPLETED_NONE: Final = NewEvent("workflow.run.completed", RunCompleted(None))
 
 
 def _only_cancelled(e: BaseException) -> bool:

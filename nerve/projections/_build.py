@@ -227,8 +227,10 @@ async def _fold_in_sql(
     One thread hop, with the log's database attached to the fresh one. A
     cancelled build interrupts the SQL (a progress handler asks trio whether
     the call was cancelled); the fresh build is then thrown away, as after
-    any cancelled rebuild.
+    any cancelled rebuild. Skipped when none of them folds in SQL.
     """
+    if all(type(p).bulk_fold is Projection.bulk_fold for p in projections):
+        return list(projections)
 
     def cancelled() -> bool:
         try:
