@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import trio
 
-from nerve._gc import DEFAULT_GC_THRESHOLD, gc_tuned
+from nerve._gc import DEFAULT_GC_THRESHOLD
 from nerve.actors import (
     App,
     Outcome,
@@ -367,10 +367,9 @@ async def open_kernel(
     app.validate()
     log_options.setdefault("source", "kernel")
     async with (
-        open_log(data_dir, **log_options) as log,
+        open_log(data_dir, gc_threshold=gc_threshold, **log_options) as log,
         contextlib.AsyncExitStack() as stack,
     ):
-        stack.enter_context(gc_tuned(gc_threshold))
         kernel = Kernel(app, log, grace)
         kernel._inline = await attach_inline(log, WorkflowRuns())
         if knowledge:

@@ -1,4 +1,4 @@
-"""The kernel's garbage-collector setting (`nerve.gc_tuned`)."""
+"""The garbage-collector setting of logs and kernels (`nerve.gc_tuned`)."""
 
 from __future__ import annotations
 
@@ -65,3 +65,15 @@ async def test_a_kernel_runs_with_the_tuned_threshold(tmp_path: Path) -> None:
     async with nerve.open_kernel(app, tmp_path / "b", gc_threshold=None) as kernel:
         outcome = await (await kernel.trigger("w")).wait()
         assert outcome.result == 700
+
+
+async def test_a_log_runs_with_the_tuned_threshold(tmp_path: Path) -> None:
+    async with nerve.open_log(tmp_path / "a") as log:
+        assert gc.get_threshold()[0] == 10_000
+        await log.append("s", nerve.NewEvent("t.happened", {}))
+    assert gc.get_threshold()[0] == 700
+    async with nerve.open_log(tmp_path / "b", gc_threshold=2000):
+        assert gc.get_threshold()[0] == 2000
+    async with nerve.open_log(tmp_path / "c", gc_threshold=None):
+        assert gc.get_threshold()[0] == 700
+    assert gc.get_threshold()[0] == 700

@@ -398,21 +398,32 @@ async def test_an_observers_cancelled_wait_withdraws_nothing(log: nerve.Log) -> 
     assert [e.data for e in await read_all(log)] == [{"i": 1}]
 
 
+class NoHook:
+    """An inline hook folding nothing: appends take the classic way."""
+
+    def apply(self, conn: object, events: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("way", ["pipelined", "classic"])
 async def test_an_append_cancelled_while_it_commits_reports_its_result(
-    log: nerve.Log, monkeypatch: pytest.MonkeyPatch
+    log: nerve.Log, monkeypatch: pytest.MonkeyPatch, way: str
 ) -> None:
     writer = log._writer
     gate = threading.Event()
     committing = trio.Event()
     token = trio.lowlevel.current_trio_token()
-    commit = writer.commit
+    name = "write_flight" if way == "pipelined" else "commit"
+    commit = getattr(writer, name)
+    if way == "classic":
+        log.add_inline_hook(NoHook())
 
-    def held_commit() -> None:
+    def held_commit(*args: Any) -> None:
         token.run_sync_soon(committing.set)
         gate.wait(30)
-        commit()
+        commit(*args)
 
-    monkeypatch.setattr(writer, "commit", held_commit)
+    monkeypatch.setattr(writer, name, held_commit)
     results: list[nerve.AppendResult] = []
     scope = trio.CancelScope()
 

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 import apsw
 import attrs
+import orjson
 import trio
 
 from ._blobs import BlobStore
@@ -42,10 +43,36 @@ from ._types import (
 
 T = TypeVar("T")
 
-_INSERT = (
-    "INSERT INTO logs (position, stream, version, type, type_version, source, ts, "
-    "payload, blob, meta, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+_COLUMNS = (
+    "position, stream, version, type, type_version, source, ts, payload, blob, "
+    "meta, hash"
 )
+_INSERT = f"INSERT INTO logs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,unhex(?))"
+# A whole batch in one statement (`LogWriter.write_flight`), its rows one JSON
+# array: SQLite parses it without the GIL (``executemany`` takes the GIL back
+# for every row), so a worker thread writes while the event loop stages the
+# next batch.
+_FLIGHT_SCHEMA = f"""
+CREATE TEMP VIEW IF NOT EXISTS nerve_flight (rows, keys, first, last, fts) AS
+    SELECT NULL, NULL, NULL, NULL, NULL WHERE 0;
+CREATE TEMP TRIGGER IF NOT EXISTS nerve_flight_write
+INSTEAD OF INSERT ON nerve_flight
+BEGIN
+    INSERT INTO main.logs ({_COLUMNS})
+        SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5,
+               value->>6, value->>7, value->>8, value->>9, unhex(value->>10)
+          FROM jsonb_each(jsonb(NEW.rows));
+    INSERT INTO main.idempotency
+        SELECT value->>0, value->>1, value->>2, value->>3, value->>4
+          FROM jsonb_each(jsonb(NEW.keys)) WHERE NEW.keys IS NOT NULL;
+    INSERT INTO main.logs_fts (rowid, type, stream, payload)
+        SELECT position, type, stream, payload FROM main.logs_text
+         WHERE NEW.fts AND position BETWEEN NEW.first AND NEW.last;
+    INSERT OR REPLACE INTO main.meta
+        SELECT 'fts.position', CAST(NEW.last AS TEXT) WHERE NEW.fts;
+END;
+"""
+_FLIGHT_INSERT = "INSERT INTO nerve_flight VALUES (?, ?, ?, ?, ?)"
 _MAX_CACHED_STREAMS = 100_000
 
 
@@ -156,6 +183,49 @@ class InlineHook(Protocol):
         """
 
 
+class Flight:
+    """A batch staged on the event loop, then written by a worker thread.
+
+    The log's writer task stages the next flight while a worker thread
+    writes the current one (`LogWriter.write_flight`), so the event loop's
+    work per append and SQLite's overlap.
+    """
+
+    __slots__ = (
+        "committing",
+        "error",
+        "first",
+        "keys_json",
+        "landed",
+        "last",
+        "outcomes",
+        "requests",
+        "rows_json",
+        "saved",
+        "staged",
+    )
+
+    def __init__(self, saved: tuple[int, bytes, int]) -> None:
+        self.saved = saved
+        """The writer's state before this flight was staged."""
+        self.first = saved[0] + 1
+        self.last = saved[0]
+        self.requests: list[AppendRequest] = []
+        self.outcomes: list[AppendResult | BaseException] = []
+        self.staged: list[_Staged] = []
+        self.rows_json = b""
+        self.keys_json: bytes | None = None
+        self.landed = False
+        """The worker thread is done with it (set from that thread)."""
+        self.error: BaseException | None = None
+        self.committing = False
+
+    @property
+    def ok(self) -> bool:
+        """Landed, written and committed."""
+        return self.landed and self.error is None
+
+
 @attrs.define(eq=False)
 class _Staged:
     request: AppendRequest
@@ -189,6 +259,13 @@ class LogWriter:
         self._versions: dict[str, int] = {}
         self._batch_first = 1
         self._data_version = -1
+        self.reader: apsw.Connection | None = None
+        """A connection of its own for staging while a batch is being
+        written (`stage_flight`); opened by the log."""
+        self.flying = False
+        """Staged versions are not yet written: keep the version cache."""
+        self.flight_keys: dict[str, AppendResult] = {}
+        """Idempotency keys staged in flights not yet written."""
 
     # -- state ------------------------------------------------------------------
 
@@ -228,10 +305,10 @@ class LogWriter:
         )
         self.last_ts = int(meta.get("archive.ts", 0))
 
-    def stream_version(self, stream: str) -> int:
+    def stream_version(self, stream: str, conn: apsw.Connection | None = None) -> int:
         v = self._versions.get(stream)
         if v is None:
-            self.prefetch_versions([stream])
+            self.prefetch_versions([stream], conn)
             v = self._versions[stream]
         return v
 
@@ -245,20 +322,27 @@ class LogWriter:
             if forget is not None:
                 forget()
 
-    def prefetch_versions(self, streams: Iterable[str]) -> None:
+    def prefetch_versions(
+        self, streams: Iterable[str], conn: apsw.Connection | None = None
+    ) -> None:
         """Load the versions of streams not cached, in one query per 500.
 
         A batch of appends to new streams (every workflow run is one) would
-        otherwise cost a query per append.
+        otherwise cost a query per append. The cache is never emptied while
+        staged versions are not yet written (`flying`).
         """
-        missing = list({s for s in streams if s not in self._versions})
-        if len(self._versions) + len(missing) > _MAX_CACHED_STREAMS:
-            self._versions.clear()
+        versions = self._versions
+        missing = list({s for s in streams if s not in versions})
+        if not missing:
+            return
+        if len(versions) + len(missing) > _MAX_CACHED_STREAMS and not self.flying:
+            versions.clear()
+        conn = conn or self.conn
         for i in range(0, len(missing), 500):
             chunk = missing[i : i + 500]
             marks = ",".join("?" * len(chunk))
             found = dict(
-                self.conn.execute(
+                conn.execute(
                     f"SELECT stream, max(version) FROM logs WHERE stream IN ({marks}) "
                     "GROUP BY stream",
                     chunk,
@@ -267,14 +351,14 @@ class LogWriter:
             absent = [s for s in chunk if s not in found]
             if absent:
                 found.update(
-                    self.conn.execute(
+                    conn.execute(
                         "SELECT stream, version FROM archived_streams WHERE stream IN "
                         f"({','.join('?' * len(absent))})",
                         absent,
                     ).fetchall()
                 )
             for stream in chunk:
-                self._versions[stream] = found.get(stream, 0)
+                versions[stream] = found.get(stream, 0)
 
     # -- the batch ----------------------------------------------------------------
 
@@ -358,19 +442,118 @@ class LogWriter:
         indexing is one statement of C work (no GIL): done here, it runs on
         the second core while the event loop prepares the next batch.
         """
-        conn = self.conn
-        if self.fts and self.head >= self._batch_first:
+        self._index_fts(self._batch_first, self.head)
+        self.conn.execute("COMMIT")
+
+    def _index_fts(self, first: int, last: int) -> None:
+        if self.fts and last >= first:
+            conn = self.conn
             conn.execute(
                 "INSERT INTO logs_fts (rowid, type, stream, payload) "
                 "SELECT position, type, stream, payload FROM logs_text "
                 "WHERE position BETWEEN ? AND ?",
-                (self._batch_first, self.head),
+                (first, last),
             )
             conn.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('fts.position', ?)",
-                (str(self.head),),
+                "INSERT OR REPLACE INTO meta VALUES ('fts.position', ?)", (str(last),)
             )
-        conn.execute("COMMIT")
+
+    # -- the pipelined batch -----------------------------------------------------------
+
+    def stage_flight(self, flight: Flight, requests: Sequence[AppendRequest]) -> bool:
+        """Stage ``requests`` into ``flight`` on the event loop, while another
+        batch may be being written.
+
+        Everything not cached is read first, through `reader` (the write
+        connection may be busy in a worker thread); returns False, having
+        changed nothing, when that fails (the database is busy, say): the
+        caller writes those requests the classic way.
+        """
+        reader = self.reader
+        assert reader is not None
+        keys = self.flight_keys
+        try:
+            self.prefetch_versions((r.stream for r in requests), reader)
+            for r in requests:
+                key = r.key
+                if key is not None and key not in keys:
+                    original = self._lookup_key(key, reader)
+                    if original is not None:
+                        keys[key] = original
+        except apsw.Error:
+            return False
+        outcomes, _ = self._stage_all(requests, keys, None, flight.staged)
+        flight.requests.extend(requests)
+        flight.outcomes.extend(outcomes)
+        flight.last = self.head
+        return True
+
+    def seal(self, flight: Flight) -> None:
+        """Encode a staged flight for `write_flight` (on the event loop)."""
+        staged = flight.staged
+        flight.rows_json = orjson.dumps([row for s in staged for row in s.rows])
+        keyed = [
+            (
+                s.request.key,
+                s.result.stream,
+                s.result.first_position,
+                s.result.last_position,
+                s.result.version,
+            )
+            for s in staged
+            if s.request.key is not None
+        ]
+        if keyed:
+            flight.keys_json = orjson.dumps(keyed)
+
+    def write_flight(self, flight: Flight) -> None:
+        """Write and commit a sealed flight (blocking: in a worker thread).
+
+        One statement does it all: an insert into the temporary view
+        `_FLIGHT_VIEW`, whose trigger writes the rows, the idempotency keys
+        and the full-text index, run in autocommit mode (SQLite begins and
+        commits around it). SQLite runs it without the GIL, and the thread
+        takes the GIL back once rather than once per statement: with the
+        event loop busy, every time costs up to the interpreter's switch
+        interval.
+
+        On failure nothing is written and ``error`` says why; an I/O error
+        or a full disk (``committing``) fails the flight's appends, anything
+        else (another process appended meanwhile, so the positions collide;
+        the database is busy) lets the log write them the classic way.
+        """
+        conn = self.conn
+        conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+        try:
+            conn.execute(
+                _FLIGHT_INSERT,
+                (
+                    flight.rows_json,
+                    flight.keys_json,
+                    flight.first,
+                    flight.last,
+                    self.fts,
+                ),
+            )
+        except (apsw.IOError, apsw.FullError) as e:
+            flight.error = e
+            flight.committing = True
+        except apsw.Error as e:
+            flight.error = e
+        finally:
+            conn.set_busy_timeout(0)
+
+    def prepare_flights(self) -> None:
+        """Create the temporary view and trigger `write_flight` inserts into."""
+        self.conn.execute(_FLIGHT_SCHEMA)
+
+    def unstage(self, saved: tuple[int, bytes, int]) -> None:
+        """Forget what was staged after ``saved`` (it will not be written as
+        staged): positions, chain, cached versions and keys."""
+        self.head, self.last_hash, self.last_ts = saved
+        self._forget_cached_rows()
+        self.flight_keys.clear()
+        self._data_version = -1
 
     def abort(self, saved: tuple[int, bytes, int]) -> None:
         """Roll back and forget what the batch did to the cached state."""
@@ -420,7 +603,7 @@ class LogWriter:
     ) -> list[AppendResult | BaseException]:
         conn = self.conn
         start_state = self.save()
-        outcomes, staged = self._stage_all(requests)
+        outcomes, staged = self._stage_all(requests, None, conn)
         if not staged:
             return outcomes
         conn.execute("SAVEPOINT batch")
@@ -441,7 +624,7 @@ class LogWriter:
             # The state before staging: a refused request must give its
             # positions (and its place in the hash chain) back.
             state = self.save()
-            one_outcomes, one_staged = self._stage_all([request])
+            one_outcomes, one_staged = self._stage_all([request], None, conn)
             if not one_staged:
                 outcomes.extend(one_outcomes)
                 continue
@@ -463,18 +646,30 @@ class LogWriter:
         return outcomes
 
     def _stage_all(
-        self, requests: Sequence[AppendRequest]
+        self,
+        requests: Sequence[AppendRequest],
+        keys: dict[str, AppendResult] | None,
+        conn: apsw.Connection | None,
+        staged: list[_Staged] | None = None,
     ) -> tuple[list[AppendResult | BaseException], list[_Staged]]:
-        """Check and position every request; advance the in-memory state."""
+        """Check and position every request; advance the in-memory state.
+
+        ``keys`` holds the idempotency keys staged but not yet committed;
+        ``conn`` is where stream versions and keys not cached are looked up
+        (the write connection, inside its transaction), or None when they
+        were all looked up beforehand (`stage_flight`).
+        """
         outcomes: list[AppendResult | BaseException] = []
-        staged: list[_Staged] = []
-        keys: dict[str, AppendResult] = {}
+        if staged is None:
+            staged = []
+        if keys is None:
+            keys = {}
         now = max(int(self.clock() * 1000), self.last_ts)
-        if len(requests) > 1:
-            self.prefetch_versions(r.stream for r in requests)
+        if len(requests) > 1 and conn is not None:
+            self.prefetch_versions((r.stream for r in requests), conn)
         for req in requests:
             try:
-                outcomes.append(self._stage(req, keys, now, staged))
+                outcomes.append(self._stage(req, keys, now, staged, conn))
             except NerveError as e:
                 outcomes.append(e)
         return outcomes, staged
@@ -485,15 +680,20 @@ class LogWriter:
         keys: dict[str, AppendResult],
         now: int,
         staged: list[_Staged],
+        conn: apsw.Connection | None,
     ) -> AppendResult:
         stream = req.stream
         if req.key is not None:
-            original = keys.get(req.key) or self._lookup_key(req.key)
+            original = keys.get(req.key)
+            if original is None and conn is not None:
+                original = self._lookup_key(req.key, conn)
             if original is not None:
                 if original.stream != stream:
                     raise DuplicateIdempotencyKey(req.key, original.stream, stream)
                 return attrs.evolve(original, duplicate=True)
-        current = self.stream_version(stream)
+        current = self._versions.get(stream)
+        if current is None:
+            current = self.stream_version(stream, conn or self.reader)
         expected = req.expected
         if expected is not None:
             if expected is NO_STREAM:
@@ -538,7 +738,7 @@ class LogWriter:
                     payload,
                     blob,
                     meta,
-                    prev,
+                    prev.hex(),
                 )
             )
         result = AppendResult(stream, self.head + 1, position, version)
@@ -551,8 +751,8 @@ class LogWriter:
             keys[req.key] = result
         return result
 
-    def _lookup_key(self, key: str) -> AppendResult | None:
-        row = self.conn.execute(
+    def _lookup_key(self, key: str, conn: apsw.Connection) -> AppendResult | None:
+        row = conn.execute(
             "SELECT stream, first_position, last_position, version FROM idempotency "
             "WHERE key=?",
             (key,),
