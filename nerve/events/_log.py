@@ -369,6 +369,23 @@ class Log:
         ``events`` may also be events `_encode` already encoded (an actor
         reusing the encoding of a constant event, or of one checked earlier).
         """
+        if (
+            events.__class__ is NewEvent
+            and expected is None
+            and key is None
+            and stream.__class__ is str
+            and 0 < len(stream) <= 1000
+        ):
+            # The common case, one event and no expectations: the same checks
+            # as below, in fewer steps.
+            e = self._encode(events, stream)
+            payload = e.payload
+            big = (
+                payload is not None
+                and len(payload) * 4 > self.blob_threshold
+                and _too_big(payload, self.blob_threshold)
+            )
+            return AppendRequest(stream, (e,), None, None, self.source, big)
         check_stream(stream)
         if expected is not None and not _valid_expected(expected):
             raise InvalidEventError(
@@ -434,7 +451,8 @@ class Log:
         key: str | None,
     ) -> AppendRequest:
         """Check, encode and queue an append for the writer."""
-        self._check_open()
+        if self._closed:
+            self._check_open()
         request = self._prepare(stream, events, expected, key)
         self._pending.append(request)
         self._wakeup.set()

@@ -14,6 +14,7 @@ no high-water mark.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ import orjson
 import trio
 
 from ._blobs import BlobStore
-from ._chain import GENESIS, row_hash
+from ._chain import GENESIS
 from ._errors import (
     DuplicateIdempotencyKey,
     NerveError,
@@ -42,6 +43,8 @@ from ._types import (
 )
 
 T = TypeVar("T")
+_dumps = orjson.dumps
+_sha256 = hashlib.sha256
 
 _COLUMNS = (
     "position, stream, version, type, type_version, source, ts, payload, blob, "
@@ -226,13 +229,12 @@ class Flight:
         return self.landed and self.error is None
 
 
-@attrs.define(eq=False)
-class _Staged:
+class _Staged(NamedTuple):
+    """One request, checked and positioned (a tuple: one per append)."""
+
     request: AppendRequest
     result: AppendResult
     rows: list[tuple[Any, ...]]
-    last_hash: bytes
-    ts: int
 
 
 class LogWriter:
@@ -510,7 +512,7 @@ class LogWriter:
         """Write and commit a sealed flight (blocking: in a worker thread).
 
         One statement does it all: an insert into the temporary view
-        `_FLIGHT_VIEW`, whose trigger writes the rows, the idempotency keys
+        ``nerve_flight``, whose trigger writes the rows, the idempotency keys
         and the full-text index, run in autocommit mode (SQLite begins and
         commits around it). SQLite runs it without the GIL, and the thread
         takes the GIL back once rather than once per statement: with the
@@ -713,8 +715,8 @@ class LogWriter:
             position += 1
             version += 1
             type_, tv, payload, blob, meta, _, _ = ev
-            prev = row_hash(
-                prev,
+            # `row_hash`, inlined: this loop runs once per appended event.
+            content = [
                 position,
                 stream,
                 version,
@@ -725,7 +727,8 @@ class LogWriter:
                 payload,
                 blob,
                 meta,
-            )
+            ]
+            prev = _sha256(prev + _dumps(content)).digest()
             rows.append(
                 (
                     position,
@@ -742,7 +745,7 @@ class LogWriter:
                 )
             )
         result = AppendResult(stream, self.head + 1, position, version)
-        staged.append(_Staged(req, result, rows, prev, now))
+        staged.append(_Staged(req, result, rows))
         self.head = position
         self.last_hash = prev
         self.last_ts = now
