@@ -4,6 +4,7 @@ Every write is an event appended to one durable SQLite log; read models are
 projections folded from it and can be rebuilt by replaying the history.
 """
 
+from ._gc import DEFAULT_GC_THRESHOLD as DEFAULT_GC_THRESHOLD
 from ._gc import gc_tuned as gc_tuned
 from .actors import App as App
 from .actors import Outcome as Outcome

@@ -488,6 +488,7 @@ class Log:
         flight: Flight | None = None  # being written by a worker thread
         nxt: Flight | None = None  # staged meanwhile; takes off when it lands
         held: list[AppendRequest] = []  # taken, to be written the classic way
+        landed: Flight | None = None
         pending = self._pending
         try:
             while True:
@@ -577,6 +578,7 @@ class Log:
                         self._wakeup = trio.Event()
                         await self._wakeup.wait()
             for r in [
+                *(landed.requests if landed is not None else ()),
                 *(flight.requests if flight is not None else ()),
                 *(nxt.requests if nxt is not None else ()),
                 *held,

@@ -1,0 +1,285 @@
+"""The pipelined way of writing appends: a worker thread writes one batch
+(a "flight") while the event loop stages the next, and what happens when a
+flight cannot be written as staged."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pytest
+import trio
+import trio.testing
+
+import nerve
+from nerve import NO_STREAM, NewEvent
+from nerve.events._writer import Flight
+
+SAFETY = 30  # seconds a held thread waits at most (a failing test never hangs)
+
+
+class Flights:
+    """Records the flights a log's writer thread writes; can hold the next one
+    in the thread (before it writes anything) until released."""
+
+    def __init__(self, log: nerve.Log, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.log = log
+        self.sizes: list[int] = []
+        self.gate: threading.Event | None = None
+        self.holding = trio.Event()
+        self._token = trio.lowlevel.current_trio_token()
+        self._write = log._writer.write_flight
+        monkeypatch.setattr(log._writer, "write_flight", self._write_flight)
+
+    def _write_flight(self, flight: Flight) -> None:
+        self.sizes.append(len(flight.requests))
+        gate = self.gate
+        if gate is not None:
+            self.gate = None
+            self._token.run_sync_soon(self.holding.set)
+            assert gate.wait(SAFETY)
+        self._write(flight)
+
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[threading.Event]:
+        """Hold the next flight in the thread for the duration of the block."""
+        gate = threading.Event()
+        self.gate = gate
+        self.holding = trio.Event()
+        try:
+            yield gate
+        finally:
+            gate.set()
+
+
+def leaves(e: BaseException) -> list[BaseException]:
+    if isinstance(e, BaseExceptionGroup):
+        return [leaf for sub in e.exceptions for leaf in leaves(sub)]
+    return [e]
+
+
+async def read_all(log: nerve.Log) -> list[nerve.RecordedEvent]:
+    return [e async for e in log.read()]
+
+
+async def test_appends_made_while_a_flight_is_written_take_off_next(
+    log: nerve.Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flights = Flights(log, monkeypatch)
+    async with flights.held():
+        first = log.submit("s0", NewEvent("t.e", {"i": 0}))
+        await flights.holding.wait()  # the first flight is in the thread
+        later = [
+            log.submit(f"s{i % 3}", NewEvent("t.e", {"i": i})) for i in range(1, 40)
+        ]
+        await trio.testing.wait_all_tasks_blocked()
+        # Staged meanwhile, not written: the thread still holds flight 1.
+        assert log.head == 0
+        assert log.statistics().pending == 0
+        assert not any(p.done for p in later)
+    results = [await p.wait() for p in [first, *later]]
+    assert flights.sizes == [1, 39]
+    assert [r.first_position for r in results] == list(range(1, 41))
+    events = await read_all(log)
+    assert [e.data["i"] for e in events] == list(range(40))
+    assert [e.version for e in events if e.stream == "s0"] == list(range(1, 15))
+    assert await log.verify() is None
+
+
+async def test_another_connection_appending_meanwhile_is_seen(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another log on the same file (as another process) appends between
+    staging and writing: the flight's positions collide, nothing of it is
+    written, and its appends are written the classic way, checked against
+    what the other one wrote."""
+    async with nerve.open_log(data_dir) as a, nerve.open_log(data_dir) as b:
+        flights = Flights(a, monkeypatch)
+        outcomes: dict[str, Any] = {}
+
+        async def append(name: str, stream: str, expected: Any = None) -> None:
+            try:
+                outcomes[name] = await a.append(
+                    stream, NewEvent("t.a", {}), expected_version=expected
+                )
+            except nerve.NerveError as e:
+                outcomes[name] = e
+
+        async with trio.open_nursery() as nursery, flights.held():
+            nursery.start_soon(append, "new", "x", NO_STREAM)
+            await flights.holding.wait()
+            nursery.start_soon(append, "any", "y")
+            await trio.testing.wait_all_tasks_blocked()
+            await b.append("x", NewEvent("t.b", {}))  # wins the race
+        assert isinstance(outcomes["new"], nerve.WrongExpectedVersion)
+        assert outcomes["any"] == nerve.AppendResult("y", 2, 2, 1)
+        events = await read_all(a)
+        assert [(e.position, e.stream, e.version, e.type) for e in events] == [
+            (1, "x", 1, "t.b"),
+            (2, "y", 1, "t.a"),
+        ]
+        assert await a.verify() is None
+        assert a.head == 2
+        # Pipelined again once the classic way has caught up.
+        result = await a.append("x", NewEvent("t.a", {}))
+        assert (result.first_position, result.version) == (3, 2)
+        assert flights.sizes[-1] == 1
+        assert await a.verify() is None
+
+
+async def test_a_failed_commit_fails_its_appends_and_the_next_are_written(
+    log: nerve.Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await log.append("s", NewEvent("t.e", {"i": 0}))
+    write = log._writer.write_flight
+    failing = [True]
+    gate = threading.Event()
+    holding = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+
+    def fail_once(flight: Flight) -> None:
+        if failing.pop() if failing else False:
+            token.run_sync_soon(holding.set)
+            assert gate.wait(SAFETY)
+            flight.error = apsw.IOError("disk I/O error")
+            flight.committing = True
+            return
+        write(flight)
+
+    monkeypatch.setattr(log._writer, "write_flight", fail_once)
+    outcomes: dict[int, Any] = {}
+
+    async def append(i: int) -> None:
+        try:
+            outcomes[i] = await log.append("s", NewEvent("t.e", {"i": i}))
+        except nerve.NerveError as e:
+            outcomes[i] = e
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(append, 1)
+            await holding.wait()
+            nursery.start_soon(append, 2)  # staged on top of the failing one
+            await trio.testing.wait_all_tasks_blocked()
+            gate.set()
+    finally:
+        gate.set()
+    assert isinstance(outcomes[1], nerve.StorageIOError)
+    assert "disk I/O error" in str(outcomes[1])
+    # Staged with position 3 on top of the failed flight, it is written at 2.
+    assert outcomes[2] == nerve.AppendResult("s", 2, 2, 2)
+    assert [e.data["i"] for e in await read_all(log)] == [0, 2]
+    assert log.statistics().rejected == 1
+    assert await log.verify() is None
+
+
+async def test_appends_are_written_in_the_order_submitted_across_both_ways(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A payload bound for the blob store takes the classic way; appends
+    submitted around it keep their order."""
+    async with nerve.open_log(data_dir, blob_threshold=100) as log:
+        flights = Flights(log, monkeypatch)
+        async with flights.held():
+            first = log.submit("s", NewEvent("t.e", {"n": 0}))
+            await flights.holding.wait()
+            pending = [
+                log.submit("s", NewEvent("t.e", {"n": 1})),
+                log.submit("s", NewEvent("t.e", {"n": 2, "text": "x" * 500})),
+                log.submit("s", NewEvent("t.e", {"n": 3})),
+            ]
+        results = [await p.wait() for p in [first, *pending]]
+        assert [r.first_position for r in results] == [1, 2, 3, 4]
+        assert [r.version for r in results] == [1, 2, 3, 4]
+        events = await read_all(log)
+        assert [e.data["n"] for e in events] == [0, 1, 2, 3]
+        assert events[2].data["text"] == "x" * 500
+        assert await log.verify() is None
+
+
+async def test_a_hook_added_while_a_flight_is_written_sees_the_next_appends(
+    log: nerve.Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flights = Flights(log, monkeypatch)
+    seen: list[int] = []
+
+    class Hook:
+        def apply(self, conn: apsw.Connection, events: Any) -> None:
+            seen.extend(e.position for e in events)
+
+    async with flights.held():
+        first = log.submit("s", NewEvent("t.e", {}))
+        await flights.holding.wait()
+        second = log.submit("s", NewEvent("t.e", {}))
+        await trio.testing.wait_all_tasks_blocked()  # staged without the hook
+        log.add_inline_hook(Hook())
+    assert (await first.wait()).first_position == 1
+    assert (await second.wait()).first_position == 2
+    assert seen == [2]
+    await log.append("s", NewEvent("t.e", {}))
+    assert seen == [2, 3]
+    assert flights.sizes == [1]  # with a hook, every append goes the classic way
+
+
+async def test_a_lookup_failing_while_staging_sends_the_appends_the_classic_way(
+    log: nerve.Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flights = Flights(log, monkeypatch)
+    reader = log._writer.reader
+    assert reader is not None
+    calls = []
+
+    class BusyReader:
+        def execute(self, *args: Any) -> Any:
+            calls.append(args)
+            raise apsw.BusyError("database is locked")
+
+    monkeypatch.setattr(log._writer, "reader", BusyReader())
+    result = await log.append("s", NewEvent("t.e", {}))
+    assert result == nerve.AppendResult("s", 1, 1, 1)
+    assert calls
+    assert flights.sizes == []
+    monkeypatch.setattr(log._writer, "reader", reader)
+    await log.append("s", NewEvent("t.e", {}))
+    assert flights.sizes == [1]
+    assert await log.verify() is None
+
+
+async def test_a_bug_in_the_writer_thread_stops_the_log_without_hanging(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outcomes: list[BaseException] = []
+
+    async def append(log: nerve.Log) -> None:
+        try:
+            await log.append("s", NewEvent("t.e", {}))
+        except BaseException as e:
+            outcomes.append(e)
+            raise
+
+    async def run() -> None:
+        async with nerve.open_log(data_dir) as log:
+
+            def broken(flight: Flight) -> None:
+                raise ZeroDivisionError("a bug")
+
+            monkeypatch.setattr(log._writer, "write_flight", broken)
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(append, log)
+
+    with pytest.raises(BaseExceptionGroup) as info:
+        await run()
+    assert ZeroDivisionError in {e.__class__ for e in leaves(info.value)}
+    assert len(outcomes) == 3
+    # Taken appends learn the writer failed; others are cancelled with the log.
+    assert all(
+        isinstance(e, (nerve.LogClosedError, trio.Cancelled)) for e in outcomes
+    ), outcomes
+    assert any(isinstance(e, nerve.LogClosedError) for e in outcomes)
+    async with nerve.open_log(data_dir) as log:
+        assert log.head == 0
