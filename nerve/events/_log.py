@@ -51,7 +51,14 @@ from ._types import (
     NewEvent,
     RecordedEvent,
 )
-from ._writer import AppendRequest, EncodedEvent, Flight, InlineHook, LogWriter
+from ._writer import (
+    AppendRequest,
+    EncodedEvent,
+    Flight,
+    FlightNotSent,
+    InlineHook,
+    LogWriter,
+)
 
 T = TypeVar("T")
 
@@ -494,9 +501,10 @@ class Log:
             while True:
                 if flight is not None and flight.landed:
                     landed, flight = flight, None
+                    writer.landed(landed.ok)
                     if landed.ok:
                         if nxt is not None:
-                            if writer.hooks:  # added meanwhile: they must see these
+                            if not writer.flights_ready():  # hooks added meanwhile
                                 writer.unstage(nxt.saved)
                                 held[:0] = nxt.requests
                             else:
@@ -505,7 +513,9 @@ class Log:
                         self._settle(landed.requests, landed.outcomes, landed.last)
                     else:
                         error = landed.error
-                        if error is not None and not isinstance(error, apsw.Error):
+                        if error is not None and not isinstance(
+                            error, apsw.Error | FlightNotSent
+                        ):
                             raise error  # a bug, not the database
                         # Nothing of it was written, nor of what was staged
                         # on top of it: the classic way sorts it out (another
@@ -544,8 +554,10 @@ class Log:
                         continue
                 elif pending and (nxt is None or len(nxt.requests) < MAX_BATCH):
                     chunk = _take(pending, STAGE_CHUNK)
+                    if flight is None and nxt is None and not writer.flights_ready():
+                        writer.prepare_flights()  # for the hooks there are now
                     if (
-                        not writer.hooks
+                        writer.flights_ready()
                         and writer._data_version != -1
                         and not any(r.big for r in chunk)
                     ):
@@ -560,6 +572,13 @@ class Log:
                                     writer.flying = False
                                     writer.flight_keys.clear()
                             continue
+                        # Staged so far cannot be written as staged: all of
+                        # it goes the classic way, in order.
+                        writer.unstage(nxt.saved)
+                        held.extend(nxt.requests)
+                        nxt = None
+                        if flight is None:
+                            writer.flying = False
                     held.extend(chunk)
                     continue
                 if (
@@ -594,7 +613,12 @@ class Log:
         if not flight.staged:
             self._settle(flight.requests, flight.outcomes, self._head)
             return None
-        self._writer.seal(flight)
+        try:
+            self._writer.seal(flight)
+        except FlightNotSent as e:  # landed at once: written the classic way
+            flight.error = e
+            flight.landed = True
+            return flight
         token = self._token
         assert token is not None
 
@@ -681,11 +705,35 @@ class Log:
         outcomes = writer.write(batch, blob_errors, saved)
         if writer.conn.in_transaction:
             try:
-                await trio.to_thread.run_sync(writer.commit)
+                await self._in_thread(writer.commit)
             except apsw.Error as e:
                 writer.abort(saved)
                 return [map_error(self.path, e)] * len(batch)
         return outcomes
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        """``trio.to_thread.run_sync(fn)`` for the writer task, which waits
+        until the thread has started (see `_take_off`). Not cancellable: the
+        writer task is shielded."""
+        task = trio.lowlevel.current_task()
+        token = self._token
+        assert token is not None
+        started = _thread.allocate_lock()
+        started.acquire()
+
+        def run() -> T:
+            started.release()
+            return fn()
+
+        def deliver(result: outcome.Outcome[T]) -> None:
+            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+        trio.lowlevel.start_thread_soon(run, deliver)
+        started.acquire()
+        result: T = await trio.lowlevel.wait_task_rescheduled(
+            lambda _: trio.lowlevel.Abort.FAILED
+        )
+        return result
 
     async def _run_job(
         self, job: Callable[[apsw.Connection], Any], slot: _JobSlot

@@ -18,7 +18,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
 import apsw
 import attrs
@@ -55,12 +55,17 @@ _INSERT = f"INSERT INTO logs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,unhex(?))"
 # array: SQLite parses it without the GIL (``executemany`` takes the GIL back
 # for every row), so a worker thread writes while the event loop stages the
 # next batch.
-_FLIGHT_SCHEMA = f"""
-CREATE TEMP VIEW IF NOT EXISTS nerve_flight (rows, keys, first, last, fts) AS
-    SELECT NULL, NULL, NULL, NULL, NULL WHERE 0;
-CREATE TEMP TRIGGER IF NOT EXISTS nerve_flight_write
-INSTEAD OF INSERT ON nerve_flight
+_FLIGHT_VIEW = """
+CREATE TEMP VIEW IF NOT EXISTS nerve_flight (dv, rows, keys, first, last, fts, hooks)
+    AS SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE 0;
+"""
+_FLIGHT_TRIGGER = f"""
+CREATE TEMP TRIGGER nerve_flight_write INSTEAD OF INSERT ON nerve_flight
 BEGIN
+    -- Another connection committed since the flight was staged: what was
+    -- staged from caches may be wrong (the classic way looks again).
+    SELECT RAISE(ABORT, 'nerve: another connection wrote')
+     WHERE (SELECT data_version FROM pragma_data_version) IS NOT NEW.dv;
     INSERT INTO main.logs ({_COLUMNS})
         SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5,
                value->>6, value->>7, value->>8, value->>9, unhex(value->>10)
@@ -73,9 +78,25 @@ BEGIN
          WHERE NEW.fts AND position BETWEEN NEW.first AND NEW.last;
     INSERT OR REPLACE INTO main.meta
         SELECT 'fts.position', CAST(NEW.last AS TEXT) WHERE NEW.fts;
+    {{hooks}}
 END;
 """
-_FLIGHT_INSERT = "INSERT INTO nerve_flight VALUES (?, ?, ?, ?, ?)"
+# A deferred transaction and a statement that may write logs.db only: the
+# write lock of logs.db, none of an attached database's.
+_BEGIN_MAIN_ONLY = "BEGIN; DELETE FROM main.meta WHERE 0"
+_FLIGHT_INSERT = "INSERT INTO nerve_flight VALUES (?, ?, ?, ?, ?, ?, ?)"
+# The full-text index of a classic batch, in one statement.
+_INDEX_SCHEMA = """
+CREATE TEMP VIEW IF NOT EXISTS nerve_index (first, last) AS
+    SELECT NULL, NULL WHERE 0;
+CREATE TEMP TRIGGER IF NOT EXISTS nerve_index_write INSTEAD OF INSERT ON nerve_index
+BEGIN
+    INSERT INTO main.logs_fts (rowid, type, stream, payload)
+        SELECT position, type, stream, payload FROM main.logs_text
+         WHERE position BETWEEN NEW.first AND NEW.last;
+    INSERT OR REPLACE INTO main.meta SELECT 'fts.position', CAST(NEW.last AS TEXT);
+END;
+"""
 _MAX_CACHED_STREAMS = 100_000
 
 
@@ -186,6 +207,39 @@ class InlineHook(Protocol):
         """
 
 
+class FlightNotSent(Exception):
+    """A staged flight could not be encoded (its appends go the classic way)."""
+
+
+class FlightHook(InlineHook, Protocol):
+    """An inline hook that can also fold appends into pipelined writes.
+
+    Staging runs on the event loop, from what the hook caches, while the
+    previous flight is being written: it must not touch the database. The
+    writes it stages run inside the flight's one statement (see
+    `LogWriter.write_flight`), from the SQL ``flight_sql`` gives.
+    """
+
+    def flight_sql(self, each: str) -> str | None:
+        """SQL statements (each ending in ``;``) that write what `seal`
+        returned, read through the table-valued expression ``each`` (one row
+        per item); ``NEW.last`` is the flight's last position. None: this
+        hook cannot stage (its appends go the classic way)."""
+
+    def stage(self, events: Sequence[RecordedEvent]) -> bool:
+        """Fold ``events`` (positioned, not yet written) into the writes of
+        the flight being staged, all or nothing; False if that takes the
+        database (a row not cached) or refuses them."""
+
+    def seal(self) -> list[Any]:
+        """The writes staged since the last seal, as JSON-able items, for
+        the flight taking off; the next `stage` starts the next flight."""
+
+    def landed(self, ok: bool) -> None:
+        """The oldest sealed flight was committed (``ok``) or not (then the
+        hook forgets everything it staged and cached)."""
+
+
 class Flight:
     """A batch staged on the event loop, then written by a worker thread.
 
@@ -198,6 +252,7 @@ class Flight:
         "committing",
         "error",
         "first",
+        "hooks_json",
         "keys_json",
         "landed",
         "last",
@@ -218,6 +273,7 @@ class Flight:
         self.staged: list[_Staged] = []
         self.rows_json = b""
         self.keys_json: bytes | None = None
+        self.hooks_json: bytes | None = None
         self.landed = False
         """The worker thread is done with it (set from that thread)."""
         self.error: BaseException | None = None
@@ -268,6 +324,8 @@ class LogWriter:
         """Staged versions are not yet written: keep the version cache."""
         self.flight_keys: dict[str, AppendResult] = {}
         """Idempotency keys staged in flights not yet written."""
+        self._flight_hooks: tuple[InlineHook, ...] = ()
+        self._flights_ok = False
 
     # -- state ------------------------------------------------------------------
 
@@ -392,18 +450,28 @@ class LogWriter:
                 return [map_error(self.path, e)] * len(requests)
         return outcomes
 
-    def begin(self, *, wait: bool) -> None:
+    def begin(self, *, wait: bool, main_only: bool = False) -> None:
         """``BEGIN IMMEDIATE``; without ``wait``, raise `apsw.BusyError` at once
         if another process holds the write lock (the event loop must not
-        block on it: the caller retries with ``wait`` in a worker thread)."""
+        block on it: the caller retries with ``wait`` in a worker thread).
+
+        ``main_only``: take the write lock of ``logs.db`` alone, not of the
+        attached databases too (as ``BEGIN IMMEDIATE`` does), so that other
+        connections may write those meanwhile (a rebuild's fresh database).
+        """
+        sql = _BEGIN_MAIN_ONLY if main_only else "BEGIN IMMEDIATE"
+        conn = self.conn
         if wait:
-            self.conn.set_busy_timeout(BUSY_TIMEOUT_MS)
-            try:
-                self.conn.execute("BEGIN IMMEDIATE")
-            finally:
-                self.conn.set_busy_timeout(0)
-        else:
-            self.conn.execute("BEGIN IMMEDIATE")
+            conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+        try:
+            conn.execute(sql)
+        except apsw.Error:
+            if conn.in_transaction:  # BEGIN, then no lock
+                self._rollback()
+            raise
+        finally:
+            if wait:
+                conn.set_busy_timeout(0)
 
     def save(self) -> tuple[int, bytes, int]:
         """The state to restore if the batch fails."""
@@ -444,21 +512,13 @@ class LogWriter:
         indexing is one statement of C work (no GIL): done here, it runs on
         the second core while the event loop prepares the next batch.
         """
-        self._index_fts(self._batch_first, self.head)
+        if self.fts and self.head >= self._batch_first:
+            # One statement: a worker thread takes the GIL back once per
+            # statement.
+            self.conn.execute(
+                "INSERT INTO nerve_index VALUES (?, ?)", (self._batch_first, self.head)
+            )
         self.conn.execute("COMMIT")
-
-    def _index_fts(self, first: int, last: int) -> None:
-        if self.fts and last >= first:
-            conn = self.conn
-            conn.execute(
-                "INSERT INTO logs_fts (rowid, type, stream, payload) "
-                "SELECT position, type, stream, payload FROM logs_text "
-                "WHERE position BETWEEN ? AND ?",
-                (first, last),
-            )
-            conn.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('fts.position', ?)", (str(last),)
-            )
 
     # -- the pipelined batch -----------------------------------------------------------
 
@@ -484,7 +544,19 @@ class LogWriter:
                         keys[key] = original
         except apsw.Error:
             return False
-        outcomes, _ = self._stage_all(requests, keys, None, flight.staged)
+        staged = flight.staged
+        n = len(staged)
+        outcomes, _ = self._stage_all(requests, keys, None, staged)
+        hooks = self.hooks
+        if hooks and len(staged) > n:
+            events = _recorded(staged[n:])
+            for hook in hooks:
+                if not cast(FlightHook, hook).stage(events):
+                    # Something only the classic way can sort out (a row not
+                    # cached, a refused transition): the caller discards the
+                    # whole flight (`unstage`) and writes it that way.
+                    del staged[n:]
+                    return False
         flight.requests.extend(requests)
         flight.outcomes.extend(outcomes)
         flight.last = self.head
@@ -507,6 +579,13 @@ class LogWriter:
         ]
         if keyed:
             flight.keys_json = orjson.dumps(keyed)
+        if self.hooks:
+            try:
+                flight.hooks_json = orjson.dumps(
+                    [cast(FlightHook, hook).seal() for hook in self.hooks]
+                )
+            except (TypeError, orjson.JSONEncodeError) as e:
+                raise FlightNotSent(str(e)) from e
 
     def write_flight(self, flight: Flight) -> None:
         """Write and commit a sealed flight (blocking: in a worker thread).
@@ -530,11 +609,13 @@ class LogWriter:
             conn.execute(
                 _FLIGHT_INSERT,
                 (
+                    self._data_version,
                     flight.rows_json,
                     flight.keys_json,
                     flight.first,
                     flight.last,
                     self.fts,
+                    flight.hooks_json,
                 ),
             )
         except (apsw.IOError, apsw.FullError) as e:
@@ -545,9 +626,36 @@ class LogWriter:
         finally:
             conn.set_busy_timeout(0)
 
+    def flights_ready(self) -> bool:
+        """Whether appends can be pipelined now: every inline hook can stage
+        its writes (`FlightHook`) and the flight trigger writes them."""
+        return self._flights_ok and self._flight_hooks == tuple(self.hooks)
+
     def prepare_flights(self) -> None:
-        """Create the temporary view and trigger `write_flight` inserts into."""
-        self.conn.execute(_FLIGHT_SCHEMA)
+        """(Re)create the temporary view and trigger `write_flight` inserts
+        into, with the SQL of the inline hooks there are now. Only while no
+        flight is being written."""
+        hooks = tuple(self.hooks)
+        sql: list[str] | None = []
+        for i, hook in enumerate(hooks):
+            flight_sql = getattr(hook, "flight_sql", None)
+            part = (
+                None
+                if flight_sql is None
+                else flight_sql(f"jsonb_each(jsonb(NEW.hooks), '$[{i}]')")
+            )
+            if part is None or sql is None:
+                sql = None
+                break
+            sql.append(part)
+        conn = self.conn
+        conn.execute(_INDEX_SCHEMA)
+        conn.execute(_FLIGHT_VIEW)
+        conn.execute("DROP TRIGGER IF EXISTS temp.nerve_flight_write")
+        if sql is not None:
+            conn.execute(_FLIGHT_TRIGGER.format(hooks="\n    ".join(sql)))
+        self._flight_hooks = hooks
+        self._flights_ok = sql is not None
 
     def unstage(self, saved: tuple[int, bytes, int]) -> None:
         """Forget what was staged after ``saved`` (it will not be written as
@@ -556,6 +664,13 @@ class LogWriter:
         self._forget_cached_rows()
         self.flight_keys.clear()
         self._data_version = -1
+
+    def landed(self, ok: bool) -> None:
+        """Tell the hooks the oldest sealed flight landed (see `FlightHook`)."""
+        for hook in self.hooks:
+            landed = getattr(hook, "landed", None)
+            if landed is not None:
+                landed(ok)
 
     def abort(self, saved: tuple[int, bytes, int]) -> None:
         """Roll back and forget what the batch did to the cached state."""
@@ -786,25 +901,7 @@ class LogWriter:
         if keyed:
             conn.executemany("INSERT INTO idempotency VALUES (?,?,?,?,?)", keyed)
         if self.hooks:
-            new = tuple.__new__  # RecordedEvent(...) without its Python __new__
-            cls = RecordedEvent
-            recorded = [
-                new(
-                    cls,
-                    (
-                        row[0],
-                        row[1],
-                        row[2],
-                        row[3],
-                        row[6],
-                        ev.data,
-                        ev.meta_obj or EMPTY_META,
-                        row[5],
-                    ),
-                )
-                for s in staged
-                for row, ev in zip(s.rows, s.request.events, strict=True)
-            ]
+            recorded = _recorded(staged)
             for hook in self.hooks:
                 hook.apply(conn, recorded)
 
@@ -822,7 +919,7 @@ class LogWriter:
             for schema, path in (attach or {}).items():
                 conn.execute("ATTACH DATABASE ? AS " + _quote(schema), (str(path),))
                 attached.append(schema)
-            self.begin(wait=True)
+            self.begin(wait=True, main_only=bool(attached))
         except apsw.Error as e:
             self._detach(attached)
             raise map_error(self.path, e) from e
@@ -845,6 +942,29 @@ class LogWriter:
     def _detach(self, schemas: Sequence[str]) -> None:
         for schema in schemas:
             self.conn.execute("DETACH DATABASE " + _quote(schema))
+
+
+def _recorded(staged: Sequence[_Staged]) -> list[RecordedEvent]:
+    """The staged events as inline hooks see them."""
+    new = tuple.__new__  # RecordedEvent(...) without its Python __new__
+    cls = RecordedEvent
+    return [
+        new(
+            cls,
+            (
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                row[6],
+                ev.data,
+                ev.meta_obj or EMPTY_META,
+                row[5],
+            ),
+        )
+        for s in staged
+        for row, ev in zip(s.rows, s.request.events, strict=True)
+    ]
 
 
 def _quote(name: str) -> str:

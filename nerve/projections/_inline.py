@@ -10,6 +10,7 @@ events: the append that carried them fails and nothing of it is written.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import apsw
 import trio
@@ -28,11 +29,15 @@ class InlineProjection:
         self.log = log
         self.events = 0
         self.batches = 0
+        self._staged_events = 0
+        self._flying: list[int] = []
 
     def forget(self) -> None:
         """The writer's signal that the database may differ from what the
         projection folded: see `Projection.forget`."""
         self.projection.forget()
+        self._staged_events = 0
+        self._flying.clear()
 
     def apply(self, conn: apsw.Connection, events: Sequence[RecordedEvent]) -> None:
         first = events[0].position
@@ -47,6 +52,51 @@ class InlineProjection:
                 )
         self.events += fold(conn, self.projection, events, events[-1].position)
         self.batches += 1
+
+    # -- pipelined appends (`nerve.events._writer.FlightHook`) ------------------------
+
+    def flight_sql(self, each: str) -> str | None:
+        """The projection's own flight SQL, then its checkpoint at the
+        flight's last position; None if the projection cannot stage."""
+        projection = self.projection
+        own = getattr(projection, "flight_sql", None)
+        sql = None if own is None else own(each)
+        if sql is None:
+            return None
+        name = projection.name.replace("'", "''")
+        return (
+            f"{sql}\n    INSERT INTO main.projections (name, version, position) "
+            f"VALUES ('{name}', {int(projection.version)}, NEW.last) "
+            "ON CONFLICT (name) DO UPDATE SET version = excluded.version, "
+            "position = excluded.position;"
+        )
+
+    def stage(self, events: Sequence[RecordedEvent]) -> bool:
+        projection = self.projection
+        mine = [e for e in events if projection.handles(e.type)]
+        if not mine:
+            return True
+        if not projection.stage(mine):  # type: ignore[attr-defined]
+            return False
+        self._staged_events += len(mine)
+        return True
+
+    def seal(self) -> list[Any]:
+        self._flying.append(self._staged_events)
+        self._staged_events = 0
+        sealed: list[Any] = self.projection.seal()  # type: ignore[attr-defined]
+        return sealed
+
+    def landed(self, ok: bool) -> None:
+        self.projection.landed(ok)  # type: ignore[attr-defined]
+        if not self._flying:
+            return
+        events = self._flying.pop(0)
+        if ok:
+            self.events += events
+            self.batches += 1
+        else:
+            self._flying.clear()
 
 
 def _hook_of(log: Log, projection: Projection) -> InlineProjection | None:

@@ -139,9 +139,74 @@ class WorkflowRuns(Projection):
         batches). Updated once a fold succeeds; the log's writer calls
         `forget` whenever a write may have been undone."""
         self._rows_conn: apsw.Connection | None = None
+        self._flying: list[dict[str, list[Any]]] = []
+        """Rows staged for flights being written (`stage`), oldest first."""
+        self._staging: dict[str, list[Any]] = {}
+        """Rows staged for the next flight."""
 
     def forget(self) -> None:
         self._rows.clear()
+        self._staging.clear()
+        self._flying.clear()
+
+    # -- pipelined appends (see `InlineProjection.flight_sql`) ------------------------
+
+    def flight_sql(self, each: str) -> str:
+        return _FLIGHT_UPSERT.format(each=each)
+
+    def stage(self, events: Sequence[RecordedEvent]) -> bool:
+        """`apply`'s fold, on rows already in memory: those this flight, the
+        flight being written or earlier batches wrote. False (staging
+        nothing) for a run whose row would have to be read, or a refused
+        transition: the classic way (`apply`) handles those."""
+        staging = self._staging
+        flying = self._flying
+        cache = self._rows
+        rows: dict[str, Any] = {}
+        for e in events:
+            run_id = run_id_of(e.stream)
+            if run_id is None:
+                return False
+            row = rows.get(run_id)
+            if row is None:
+                row = staging.get(run_id)
+                if row is None:
+                    for layer in reversed(flying):
+                        row = layer.get(run_id)
+                        if row is not None:
+                            break
+                    else:
+                        row = cache.get(run_id)
+                        if row is None and e.version != 1:
+                            return False  # written before: only the database knows
+                if row is not None:
+                    row = row.copy()  # the layers change on success only
+            try:
+                rows[run_id] = _transition(row, run_id, e)
+            except RefusedByProjection:
+                return False
+        staging.update(rows)
+        return True
+
+    def seal(self) -> list[Any]:
+        sealed = self._staging
+        self._flying.append(sealed)
+        self._staging = {}
+        return list(sealed.values())
+
+    def landed(self, ok: bool) -> None:
+        if not ok:
+            self.forget()
+            return
+        if not self._flying:
+            return  # forgotten meanwhile
+        cache = self._rows
+        for run_id, row in self._flying.pop(0).items():
+            if row[2] in TERMINAL_STATUSES:
+                cache.pop(run_id, None)
+            else:
+                cache[run_id] = row
+        _bound(cache)
 
     def apply(self, conn: apsw.Connection, events: Sequence[RecordedEvent]) -> None:
         if conn is not self._rows_conn:
@@ -181,9 +246,7 @@ class WorkflowRuns(Projection):
                 cache.pop(run_id, None)
             else:
                 cache[run_id] = row
-        if len(cache) > _MAX_CACHED_ROWS:  # a backlog of queued runs: keep the newest
-            for run_id in list(itertools.islice(cache, len(cache) - _MAX_CACHED_ROWS)):
-                del cache[run_id]
+        _bound(cache)
 
     def bulk_fold(self, conn: apsw.Connection, source: str, upto: int) -> bool:
         """The whole history in one query: each run's row from its queued,
@@ -344,6 +407,26 @@ _UPSERT: Final = (
         if c != "run_id"
     )
 )
+
+
+_FLIGHT_UPSERT: Final = (
+    f"INSERT INTO main.workflow_runs ({_COLUMNS}) SELECT "
+    + ", ".join(f"value->>{i}" for i in range(13))
+    + " FROM {each} WHERE true ON CONFLICT (run_id) DO UPDATE SET "
+    + ", ".join(
+        f"{c} = excluded.{c}"
+        for c in (c.strip() for c in _COLUMNS.split(","))
+        if c != "run_id"
+    )
+    + ";"
+)
+
+
+def _bound(cache: dict[str, list[Any]]) -> None:
+    """A backlog of queued runs: keep the newest rows cached."""
+    if len(cache) > _MAX_CACHED_ROWS:
+        for run_id in list(itertools.islice(cache, len(cache) - _MAX_CACHED_ROWS)):
+            del cache[run_id]
 
 
 def _load(conn: apsw.Connection, run_ids: Sequence[str]) -> dict[str, Any]:
