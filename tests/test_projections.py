@@ -845,6 +845,95 @@ async def test_cached_rows_follow_a_maintenance_job(log: nerve.Log) -> None:
         await log.append("run-a", failed())
 
 
+class FlightSpy:
+    """Counts the flights a log's writer thread writes with inline-hook rows."""
+
+    def __init__(self, log: nerve.Log, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.with_hooks = 0
+        write = log._writer.write_flight
+
+        def spy(flight: Any) -> None:
+            self.with_hooks += flight.hooks_json is not None
+            write(flight)
+
+        monkeypatch.setattr(log._writer, "write_flight", spy)
+
+
+async def test_workflow_runs_folded_in_flights_equals_a_replay(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Appends from many tasks at once: batches are staged while others are
+    written, ``workflow_runs`` rows staged from the rows of flights not yet
+    landed; the live model is what a replay folds event by event."""
+    async with nerve.open_log(data_dir) as log:
+        await attach_inline(log, WorkflowRuns())
+        spy = FlightSpy(log, monkeypatch)
+
+        async def appender(prefix: str) -> None:
+            gen = ValidRuns(random.Random(prefix), prefix)
+            for _ in range(60):
+                stream, events = gen.next()
+                await log.append(stream, events)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(40):
+                nursery.start_soon(appender, f"t{i}-")
+        assert spy.with_hooks > 10
+        assert checkpoint_of(log.path, "workflow_runs") == (1, log.head)
+        fresh = data_dir.parent / "fresh"
+        await replay(log, [EventByEventRuns()], into=fresh)
+        assert table_rows(fresh / "logs.db", "workflow_runs", "run_id") == runs_table(
+            log
+        )
+        assert await log.verify() is None
+
+
+async def test_a_run_not_cached_is_folded_the_classic_way(
+    log: nerve.Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    projection = WorkflowRuns()
+    await attach_inline(log, projection)
+    spy = FlightSpy(log, monkeypatch)
+    await run_to(log, "a", "started")
+    flights = spy.with_hooks
+    projection.forget()  # as after a restart: "a" is only in the database
+    await log.append("run-a", completed("done"))
+    assert spy.with_hooks == flights  # its row had to be read: not in a flight
+    record = await RunQueries(log).get("a")
+    assert record is not None
+    assert (record.status, record.result) == ("completed", "done")
+    await run_to(log, "b", "started")  # cached again: in flights
+    assert spy.with_hooks > flights
+
+
+async def test_a_refused_transition_in_a_staged_batch_fails_alone(
+    log: nerve.Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await attach_inline(log, WorkflowRuns())
+    spy = FlightSpy(log, monkeypatch)
+    await run_to(log, "a", "completed")
+    pending = [
+        log.submit("run-b", queued()),
+        log.submit("run-a", started()),  # "a" has ended
+        log.submit("run-c", queued()),
+    ]
+    outcomes: list[Any] = []
+    for p in pending:
+        try:
+            outcomes.append(await p.wait())
+        except RefusedByProjection as e:
+            outcomes.append(e)
+    assert isinstance(outcomes[1], RefusedByProjection)
+    assert [o.stream for o in (outcomes[0], outcomes[2])] == ["run-b", "run-c"]
+    assert [r[0] for r in runs_table(log)] == ["a", "b", "c"]
+    assert runs_table(log)[0][2] == "completed"
+    assert await log.verify() is None
+    before = spy.with_hooks
+    await log.append("run-b", started())  # the classic way looks again...
+    await log.append("run-b", completed())  # ...then flights resume
+    assert spy.with_hooks == before + 1
+
+
 async def test_run_queries(log: nerve.Log) -> None:
     await attach_inline(log, WorkflowRuns())
     await run_to(log, "g1", "completed")
