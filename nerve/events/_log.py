@@ -523,7 +523,7 @@ class Log:
                         # refuses). A failed COMMIT fails its appends.
                         retry = nxt.requests if nxt is not None else []
                         nxt = None
-                        writer.unstage(landed.saved)
+                        writer.unstage(landed.saved, failed=True)
                         if landed.committing:
                             assert error is not None
                             failed = map_error(self.path, error)

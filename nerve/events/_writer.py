@@ -214,8 +214,8 @@ class FlightNotSent(Exception):
 class FlightHook(InlineHook, Protocol):
     """An inline hook that can also fold appends into pipelined writes.
 
-    Staging runs on the event loop, from what the hook caches, while the
-    previous flight is being written: it must not touch the database. The
+    Staging runs on the event loop while the previous flight is being
+    written: it must not use the write connection. The
     writes it stages run inside the flight's one statement (see
     `LogWriter.write_flight`), from the SQL ``flight_sql`` gives.
     """
@@ -226,10 +226,16 @@ class FlightHook(InlineHook, Protocol):
         per item); ``NEW.last`` is the flight's last position. None: this
         hook cannot stage (its appends go the classic way)."""
 
-    def stage(self, events: Sequence[RecordedEvent]) -> bool:
+    def stage(self, events: Sequence[RecordedEvent], reader: apsw.Connection) -> bool:
         """Fold ``events`` (positioned, not yet written) into the writes of
-        the flight being staged, all or nothing; False if that takes the
-        database (a row not cached) or refuses them."""
+        the flight being staged, all or nothing; False if it refuses them
+        (or cannot read what it needs). What it has not cached it may read
+        through ``reader``, which sees what is committed (rows a flight not
+        yet landed writes are the hook's to remember)."""
+
+    def discard(self) -> None:
+        """Drop what was staged since the last seal (it will be written the
+        classic way)."""
 
     def seal(self) -> list[Any]:
         """The writes staged since the last seal, as JSON-able items, for
@@ -551,7 +557,7 @@ class LogWriter:
         if hooks and len(staged) > n:
             events = _recorded(staged[n:])
             for hook in hooks:
-                if not cast(FlightHook, hook).stage(events):
+                if not cast(FlightHook, hook).stage(events, reader):
                     # Something only the classic way can sort out (a row not
                     # cached, a refused transition): the caller discards the
                     # whole flight (`unstage`) and writes it that way.
@@ -657,13 +663,22 @@ class LogWriter:
         self._flight_hooks = hooks
         self._flights_ok = sql is not None
 
-    def unstage(self, saved: tuple[int, bytes, int]) -> None:
+    def unstage(self, saved: tuple[int, bytes, int], *, failed: bool = False) -> None:
         """Forget what was staged after ``saved`` (it will not be written as
-        staged): positions, chain, cached versions and keys."""
+        staged): positions, chain, cached versions and keys, and what hooks
+        staged. After a ``failed`` flight (another connection may have
+        written), forget every cache and look at the database again."""
         self.head, self.last_hash, self.last_ts = saved
-        self._forget_cached_rows()
         self.flight_keys.clear()
-        self._data_version = -1
+        if failed:
+            self._forget_cached_rows()
+            self._data_version = -1
+            return
+        self._versions.clear()
+        for hook in self.hooks:
+            discard = getattr(hook, "discard", None)
+            if discard is not None:
+                discard()
 
     def landed(self, ok: bool) -> None:
         """Tell the hooks the oldest sealed flight landed (see `FlightHook`)."""

@@ -71,15 +71,19 @@ class InlineProjection:
             "position = excluded.position;"
         )
 
-    def stage(self, events: Sequence[RecordedEvent]) -> bool:
+    def stage(self, events: Sequence[RecordedEvent], reader: apsw.Connection) -> bool:
         projection = self.projection
         mine = [e for e in events if projection.handles(e.type)]
         if not mine:
             return True
-        if not projection.stage(mine):  # type: ignore[attr-defined]
+        if not projection.stage(mine, reader):  # type: ignore[attr-defined]
             return False
         self._staged_events += len(mine)
         return True
+
+    def discard(self) -> None:
+        self.projection.discard()  # type: ignore[attr-defined]
+        self._staged_events = 0
 
     def seal(self) -> list[Any]:
         self._flying.append(self._staged_events)

@@ -154,39 +154,51 @@ class WorkflowRuns(Projection):
     def flight_sql(self, each: str) -> str:
         return _FLIGHT_UPSERT.format(each=each)
 
-    def stage(self, events: Sequence[RecordedEvent]) -> bool:
-        """`apply`'s fold, on rows already in memory: those this flight, the
-        flight being written or earlier batches wrote. False (staging
-        nothing) for a run whose row would have to be read, or a refused
-        transition: the classic way (`apply`) handles those."""
+    def stage(self, events: Sequence[RecordedEvent], reader: apsw.Connection) -> bool:
+        """`apply`'s fold for a flight: from the rows this flight, the flight
+        being written or earlier batches wrote, and the committed rows of
+        other runs, read through ``reader``. False (staging nothing) for a
+        refused transition: the classic way (`apply`) refuses it."""
         staging = self._staging
         flying = self._flying
         cache = self._rows
         rows: dict[str, Any] = {}
+        run_ids = []
+        missing = []
         for e in events:
             run_id = run_id_of(e.stream)
             if run_id is None:
                 return False
-            row = rows.get(run_id)
+            run_ids.append(run_id)
+            if run_id in rows:
+                continue
+            row = staging.get(run_id)
             if row is None:
-                row = staging.get(run_id)
-                if row is None:
-                    for layer in reversed(flying):
-                        row = layer.get(run_id)
-                        if row is not None:
-                            break
-                    else:
-                        row = cache.get(run_id)
-                        if row is None and e.version != 1:
-                            return False  # written before: only the database knows
-                if row is not None:
-                    row = row.copy()  # the layers change on success only
+                for layer in reversed(flying):
+                    row = layer.get(run_id)
+                    if row is not None:
+                        break
+                else:
+                    row = cache.get(run_id)
+                    if row is None and e.version != 1:
+                        missing.append(run_id)  # written before, not cached
+            # A copy: the layers change on success only.
+            rows[run_id] = None if row is None else row.copy()
+        if missing:
             try:
-                rows[run_id] = _transition(row, run_id, e)
-            except RefusedByProjection:
+                rows.update(_load(reader, missing))
+            except apsw.Error:
                 return False
+        try:
+            for run_id, e in zip(run_ids, events, strict=True):
+                rows[run_id] = _transition(rows[run_id], run_id, e)
+        except RefusedByProjection:
+            return False
         staging.update(rows)
         return True
+
+    def discard(self) -> None:
+        self._staging = {}
 
     def seal(self) -> list[Any]:
         sealed = self._staging
