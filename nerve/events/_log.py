@@ -140,42 +140,26 @@ async def open_log(
     """
     data_dir, db_path = _resolve(path)
     with gc_tuned(gc_threshold):
-        async with _open_log(
-            data_dir,
-            db_path,
-            registry,
-            source,
-            fts,
-            blob_threshold,
-            watch_interval,
-            clock,
+        async with _opened(
+            await trio.to_thread.run_sync(
+                lambda: Log._open_sync(
+                    data_dir,
+                    db_path,
+                    registry,
+                    source,
+                    fts,
+                    blob_threshold,
+                    watch_interval,
+                    clock,
+                )
+            )
         ) as log:
             yield log
 
 
 @contextlib.asynccontextmanager
-async def _open_log(
-    data_dir: Path,
-    db_path: Path,
-    registry: EventRegistry,
-    source: str,
-    fts: bool,
-    blob_threshold: int,
-    watch_interval: float | None,
-    clock: Callable[[], float],
-) -> AsyncIterator[Log]:
-    log = await trio.to_thread.run_sync(
-        lambda: Log._open_sync(
-            data_dir,
-            db_path,
-            registry,
-            source,
-            fts,
-            blob_threshold,
-            watch_interval,
-            clock,
-        )
-    )
+async def _opened(log: Log) -> AsyncIterator[Log]:
+    """Run an opened log's writer until the block ends, then close it."""
     try:
         with single_error():
             async with trio.open_nursery() as nursery:

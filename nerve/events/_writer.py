@@ -572,17 +572,7 @@ class LogWriter:
         """Encode a staged flight for `write_flight` (on the event loop)."""
         staged = flight.staged
         flight.rows_json = orjson.dumps([row for s in staged for row in s.rows])
-        keyed = [
-            (
-                s.request.key,
-                s.result.stream,
-                s.result.first_position,
-                s.result.last_position,
-                s.result.version,
-            )
-            for s in staged
-            if s.request.key is not None
-        ]
+        keyed = _keyed(staged)
         if keyed:
             flight.keys_json = orjson.dumps(keyed)
         if self.hooks:
@@ -902,17 +892,7 @@ class LogWriter:
         else:
             rows = [row for s in staged for row in s.rows]
         conn.executemany(_INSERT, rows)
-        keyed = [
-            (
-                s.request.key,
-                s.result.stream,
-                s.result.first_position,
-                s.result.last_position,
-                s.result.version,
-            )
-            for s in staged
-            if s.request.key is not None
-        ]
+        keyed = _keyed(staged)
         if keyed:
             conn.executemany("INSERT INTO idempotency VALUES (?,?,?,?,?)", keyed)
         if self.hooks:
@@ -957,6 +937,21 @@ class LogWriter:
     def _detach(self, schemas: Sequence[str]) -> None:
         for schema in schemas:
             self.conn.execute("DETACH DATABASE " + _quote(schema))
+
+
+def _keyed(staged: Sequence[_Staged]) -> list[tuple[Any, ...]]:
+    """The ``idempotency`` rows of the staged requests that have a key."""
+    return [
+        (
+            s.request.key,
+            s.result.stream,
+            s.result.first_position,
+            s.result.last_position,
+            s.result.version,
+        )
+        for s in staged
+        if s.request.key is not None
+    ]
 
 
 def _recorded(staged: Sequence[_Staged]) -> list[RecordedEvent]:
