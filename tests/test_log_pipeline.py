@@ -283,3 +283,35 @@ async def test_a_bug_in_the_writer_thread_stops_the_log_without_hanging(
     assert any(isinstance(e, nerve.LogClosedError) for e in outcomes)
     async with nerve.open_log(data_dir) as log:
         assert log.head == 0
+
+
+async def test_a_job_with_an_attached_database_locks_the_log_only(
+    log: nerve.Log, tmp_path: Path
+) -> None:
+    """A write job holds the log's write lock; a database it attaches stays
+    writable by other connections (a rebuild folds its tail into one)."""
+    other_db = tmp_path / "other.db"
+    conn = apsw.Connection(str(other_db))
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    seen: dict[str, str] = {}
+
+    def job(conn: apsw.Connection) -> None:
+        for name, path, sql in [
+            ("log", log.path, "INSERT INTO meta VALUES ('k', 'v')"),
+            ("other", other_db, "INSERT INTO t VALUES (1)"),
+        ]:
+            elsewhere = apsw.Connection(str(path))
+            elsewhere.set_busy_timeout(50)
+            try:
+                elsewhere.execute(sql)
+                seen[name] = "written"
+            except apsw.BusyError:
+                seen[name] = "locked"
+            finally:
+                elsewhere.close()
+        assert conn.execute("SELECT count(*) FROM other.t").fetchall() == [(1,)]
+
+    await log.write_job(job, attach={"other": other_db})
+    assert seen == {"log": "locked", "other": "written"}
