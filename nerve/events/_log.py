@@ -464,15 +464,16 @@ class Log:
     async def _write_until_closed(self) -> None:
         """Group-commit appends until the log closes.
 
-        Appends take one of two ways. The pipelined way, whenever no inline
-        projection folds appends and no payload goes to the blob store: this
-        task stages a batch (checks, positions, hash chain) and a worker
-        thread writes and commits it in a few statements that run without
-        the GIL, while this task stages the next batch from the appends that
-        keep arriving; when the thread lands, the next batch takes off at
-        once, then the landed batch's appenders are woken. The classic way
-        (`_write`) writes one batch at a time, in a transaction begun on the
-        event loop. Appends are written in the order they were submitted.
+        Appends take one of two ways. The pipelined way, whenever every
+        inline hook can stage its writes (`FlightHook`) and no payload goes
+        to the blob store: this task stages a batch (checks, positions, hash
+        chain, the hooks' rows) and a worker thread writes and commits it in
+        one statement that runs without the GIL, while this task stages the
+        next batch from the appends that keep arriving; when the thread
+        lands, the next batch takes off at once, then the landed batch's
+        appenders are woken. The classic way (`_write`) writes one batch at a
+        time, in a transaction begun on the event loop: for what only the
+        database can decide. Appends are written in the order submitted.
         """
         writer = self._writer
         self._token = trio.lowlevel.current_trio_token()
