@@ -12,7 +12,6 @@ make any other refuses its append (nothing of it is written)::
 from __future__ import annotations
 
 import builtins
-import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
@@ -212,13 +211,7 @@ class WorkflowRuns(Projection):
             return
         if not self._flying:
             return  # forgotten meanwhile
-        cache = self._rows
-        for run_id, row in self._flying.pop(0).items():
-            if row[2] in TERMINAL_STATUSES:
-                cache.pop(run_id, None)
-            else:
-                cache[run_id] = row
-        _bound(cache)
+        _remember(self._rows, self._flying.pop(0))
 
     def apply(self, conn: apsw.Connection, events: Sequence[RecordedEvent]) -> None:
         if conn is not self._rows_conn:
@@ -253,12 +246,7 @@ class WorkflowRuns(Projection):
         for run_id, e in zip(run_ids, events, strict=True):
             rows[run_id] = _transition(rows[run_id], run_id, e)
         conn.executemany(_UPSERT, rows.values())
-        for run_id, row in rows.items():
-            if row[2] in TERMINAL_STATUSES:
-                cache.pop(run_id, None)
-            else:
-                cache[run_id] = row
-        _bound(cache)
+        _remember(cache, rows)
 
     def bulk_fold(self, conn: apsw.Connection, source: str, upto: int) -> bool:
         """The whole history in one query: each run's row from its queued,
@@ -434,11 +422,18 @@ _FLIGHT_UPSERT: Final = (
 )
 
 
-def _bound(cache: dict[str, list[Any]]) -> None:
-    """A backlog of queued runs: keep the newest rows cached."""
-    if len(cache) > _MAX_CACHED_ROWS:
-        for run_id in list(itertools.islice(cache, len(cache) - _MAX_CACHED_ROWS)):
-            del cache[run_id]
+def _remember(cache: dict[str, list[Any]], rows: dict[str, list[Any]]) -> None:
+    """Cache the rows of active runs as written; ended runs leave.
+
+    Full (a backlog of queued runs), the cache takes no new run: queues
+    start their oldest runs first, so the rows already cached are the ones
+    needed next (the others are read when needed).
+    """
+    for run_id, row in rows.items():
+        if row[2] in TERMINAL_STATUSES:
+            cache.pop(run_id, None)
+        elif run_id in cache or len(cache) < _MAX_CACHED_ROWS:
+            cache[run_id] = row
 
 
 def _load(conn: apsw.Connection, run_ids: Sequence[str]) -> dict[str, Any]:
