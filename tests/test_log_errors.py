@@ -532,7 +532,9 @@ async def _assert_refused(
     return err
 
 
-@pytest.mark.parametrize("stream", ["", 123, None, b"bytes", "x" * 1001])
+@pytest.mark.parametrize(
+    "stream", ["", 123, None, b"bytes", "x" * 1001, "s\ud800", "é\udfff"]
+)
 async def test_an_invalid_stream_name_is_refused(log: nerve.Log, stream: Any) -> None:
     await log.append("s", NewEvent("t.ok"))
     err = await _assert_refused(
@@ -578,7 +580,7 @@ async def test_a_bad_expected_version_is_refused(log: nerve.Log, expected: Any) 
     )
 
 
-@pytest.mark.parametrize("key", ["", 5, b"key"])
+@pytest.mark.parametrize("key", ["", 5, b"key", "k\ud800"])
 async def test_a_bad_idempotency_key_is_refused(log: nerve.Log, key: Any) -> None:
     await log.append("s", NewEvent("t.ok"))
     await _assert_refused(
@@ -590,7 +592,7 @@ async def test_a_bad_idempotency_key_is_refused(log: nerve.Log, key: Any) -> Non
 
 
 @pytest.mark.parametrize(
-    "type_", ["", " padded", "padded ", "tab\t", "x" * 201, 5, None]
+    "type_", ["", " padded", "padded ", "tab\t", "x" * 201, 5, None, "t.\ud800"]
 )
 async def test_a_bad_event_type_name_is_refused(log: nerve.Log, type_: Any) -> None:
     await log.append("s", NewEvent("t.ok"))
@@ -1096,3 +1098,11 @@ async def test_reading_after_a_bad_position_is_refused(
     assert repr(after) in str(info.value)
     with pytest.raises(ValueError, match="after"):
         log.subscribe(after)
+
+
+async def test_a_source_that_cannot_be_stored_is_refused(data_dir: Path) -> None:
+    with pytest.raises(InvalidEventError, match="source") as info:
+        async with nerve.open_log(data_dir, source="kernel\ud800"):
+            pass
+    assert "surrogate" in str(info.value)
+    assert not (data_dir / "logs.db").exists()

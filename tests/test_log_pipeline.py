@@ -249,9 +249,11 @@ async def test_a_lookup_failing_while_staging_sends_the_appends_the_classic_way(
     assert await log.verify() is None
 
 
-async def test_a_bug_in_the_writer_thread_stops_the_log_without_hanging(
-    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("where", ["write_flight", "stage_flight"])
+async def test_a_bug_in_the_writer_stops_the_log_without_hanging(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
+    """A bug in the worker thread, or while staging on the event loop."""
     outcomes: list[BaseException] = []
 
     async def append(log: nerve.Log) -> None:
@@ -264,10 +266,10 @@ async def test_a_bug_in_the_writer_thread_stops_the_log_without_hanging(
     async def run() -> None:
         async with nerve.open_log(data_dir) as log:
 
-            def broken(flight: Flight) -> None:
+            def broken(*args: Any) -> None:
                 raise ZeroDivisionError("a bug")
 
-            monkeypatch.setattr(log._writer, "write_flight", broken)
+            monkeypatch.setattr(log._writer, where, broken)
             async with trio.open_nursery() as nursery:
                 for _ in range(3):
                     nursery.start_soon(append, log)

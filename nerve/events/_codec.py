@@ -415,11 +415,28 @@ def encode_meta(type: str, meta: Mapping[str, Any]) -> str | None:
 
 
 def _check_type_name(type: str) -> None:
-    if not isinstance(type, str) or not type or len(type) > 200 or type != type.strip():
+    if (
+        not isinstance(type, str)
+        or not type
+        or len(type) > 200
+        or type != type.strip()
+        or not is_utf8(type)
+    ):
         raise InvalidEventError(
             f"event type must be a non-empty string of at most 200 characters "
-            f"without surrounding spaces, got {type!r}"
+            f"without surrounding spaces or lone surrogates, got {type!r}"
         )
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` can be stored (encoded as UTF-8: no lone surrogates)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 check_type_name = _check_type_name

@@ -25,7 +25,7 @@ from .._gc import DEFAULT_GC_THRESHOLD, gc_tuned
 from . import _archive as arch
 from ._blobs import BlobStore
 from ._chain import GENESIS, row_hash
-from ._codec import EventRegistry, check_type_name, encode_meta, registry
+from ._codec import EventRegistry, check_type_name, encode_meta, is_utf8, registry
 from ._errors import (
     AppendWithdrawnError,
     ArchiveError,
@@ -55,7 +55,6 @@ from ._writer import (
     AppendRequest,
     EncodedEvent,
     Flight,
-    FlightNotSent,
     InlineHook,
     LogWriter,
 )
@@ -137,7 +136,12 @@ async def open_log(
         NotADatabaseError: the file exists and is not a nerve log.
         NewerSchemaError, MigrationChecksumError: the schema cannot be used.
         CorruptDatabaseError: SQLite reports corruption.
+        InvalidEventError: ``source`` cannot be stored (a lone surrogate).
     """
+    if not isinstance(source, str) or not is_utf8(source):
+        raise InvalidEventError(
+            f"source must be a string without lone surrogates, got {source!r}"
+        )
     data_dir, db_path = _resolve(path)
     with gc_tuned(gc_threshold):
         async with _opened(
@@ -366,6 +370,7 @@ class Log:
             and key is None
             and stream.__class__ is str
             and 0 < len(stream) <= 1000
+            and stream.isascii()
         ):
             # The common case, one event and no expectations: the same checks
             # as below, in fewer steps.
@@ -383,9 +388,12 @@ class Log:
                 f"expected_version must be None, NO_STREAM, STREAM_EXISTS or an "
                 f"int >= 0, got {expected!r}"
             )
-        if key is not None and (not isinstance(key, str) or not key):
+        if key is not None and (
+            not isinstance(key, str) or not key or not is_utf8(key)
+        ):
             raise InvalidEventError(
-                f"idempotency_key must be a non-empty string, got {key!r}"
+                "idempotency_key must be a non-empty string without lone "
+                f"surrogates, got {key!r}"
             )
         if isinstance(events, NewEvent):
             events = (events,)
@@ -481,6 +489,7 @@ class Log:
         nxt: Flight | None = None  # staged meanwhile; takes off when it lands
         held: list[AppendRequest] = []  # taken, to be written the classic way
         landed: Flight | None = None
+        in_hand: list[AppendRequest] = []  # taken, being staged or written
         pending = self._pending
         try:
             while True:
@@ -498,9 +507,8 @@ class Log:
                         self._settle(landed.requests, landed.outcomes, landed.last)
                     else:
                         error = landed.error
-                        if error is not None and not isinstance(
-                            error, apsw.Error | FlightNotSent
-                        ):
+                        assert error is not None
+                        if not isinstance(error, apsw.Error):
                             raise error  # a bug, not the database
                         # Nothing of it was written, nor of what was staged
                         # on top of it: the classic way sorts it out (another
@@ -510,7 +518,6 @@ class Log:
                         nxt = None
                         writer.unstage(landed.saved, failed=True)
                         if landed.committing:
-                            assert error is not None
                             failed = map_error(self.path, error)
                             self._settle(
                                 landed.requests,
@@ -520,9 +527,6 @@ class Log:
                         else:
                             retry = landed.requests + retry
                         held[:0] = retry
-                    if flight is None:
-                        writer.flying = False
-                        writer.flight_keys.clear()
                     continue
                 if held or self._jobs:
                     if flight is None:
@@ -530,41 +534,35 @@ class Log:
                             room = MAX_BATCH - len(held)
                             if room > 0:
                                 held.extend(_take(pending, room))
-                            batch, held = held[:MAX_BATCH], held[MAX_BATCH:]
-                            outcomes = await self._write(batch)
-                            self._settle(batch, outcomes, writer.head)
+                            in_hand, held = held[:MAX_BATCH], held[MAX_BATCH:]
+                            outcomes = await self._write(in_hand)
+                            self._settle(in_hand, outcomes, writer.head)
                         else:
                             job, slot = self._jobs.popleft()
                             await self._run_job(job, slot)
                         continue
                 elif pending and (nxt is None or len(nxt.requests) < MAX_BATCH):
-                    chunk = _take(pending, STAGE_CHUNK)
+                    in_hand = _take(pending, STAGE_CHUNK)
                     if flight is None and nxt is None and not writer.flights_ready():
                         writer.prepare_flights()  # for the hooks there are now
                     if (
                         writer.flights_ready()
                         and writer._data_version != -1
-                        and not any(r.big for r in chunk)
+                        and not any(r.big for r in in_hand)
                     ):
                         if nxt is None:
                             nxt = Flight(writer.save())
-                            writer.flying = True
-                        if writer.stage_flight(nxt, chunk):
+                        if writer.stage_flight(nxt, in_hand, flight is not None):
                             if flight is None:
                                 flight = self._take_off(nxt)
                                 nxt = None
-                                if flight is None:
-                                    writer.flying = False
-                                    writer.flight_keys.clear()
                             continue
                         # Staged so far cannot be written as staged: all of
                         # it goes the classic way, in order.
                         writer.unstage(nxt.saved)
                         held.extend(nxt.requests)
                         nxt = None
-                        if flight is None:
-                            writer.flying = False
-                    held.extend(chunk)
+                    held.extend(in_hand)
                     continue
                 if (
                     self._closed
@@ -586,6 +584,7 @@ class Log:
                 *(flight.requests if flight is not None else ()),
                 *(nxt.requests if nxt is not None else ()),
                 *held,
+                *in_hand,
             ]:
                 if not r.done:
                     r.finish(LogClosedError(f"the log's writer at {self.path} failed"))
@@ -598,12 +597,7 @@ class Log:
         if not flight.staged:
             self._settle(flight.requests, flight.outcomes, self._head)
             return None
-        try:
-            self._writer.seal(flight)
-        except FlightNotSent as e:  # landed at once: written the classic way
-            flight.error = e
-            flight.landed = True
-            return flight
+        self._writer.seal(flight)
         token = self._token
         assert token is not None
 
@@ -613,19 +607,7 @@ class Log:
             flight.landed = True
             token.run_sync_soon(self._wake_writer)
 
-        # Wait until the thread runs: a thread that wants the GIL while the
-        # event loop is busy waits up to the switch interval (5 ms) for it,
-        # and would only start writing once the loop is idle.
-        started = _thread.allocate_lock()
-        started.acquire()
-        write = self._writer.write_flight
-
-        def fly() -> None:
-            started.release()
-            write(flight)
-
-        trio.lowlevel.start_thread_soon(fly, land)
-        started.acquire()
+        _start_thread(functools.partial(self._writer.write_flight, flight), land)
         return flight
 
     def _wake_writer(self) -> None:
@@ -698,23 +680,16 @@ class Log:
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:
         """``trio.to_thread.run_sync(fn)`` for the writer task, which waits
-        until the thread has started (see `_take_off`). Not cancellable: the
+        until the thread has started (`_start_thread`). Not cancellable: the
         writer task is shielded."""
         task = trio.lowlevel.current_task()
         token = self._token
         assert token is not None
-        started = _thread.allocate_lock()
-        started.acquire()
-
-        def run() -> T:
-            started.release()
-            return fn()
 
         def deliver(result: outcome.Outcome[T]) -> None:
             token.run_sync_soon(trio.lowlevel.reschedule, task, result)
 
-        trio.lowlevel.start_thread_soon(run, deliver)
-        started.acquire()
+        _start_thread(fn, deliver)
         result: T = await trio.lowlevel.wait_task_rescheduled(
             lambda _: trio.lowlevel.Abort.FAILED
         )
@@ -1612,6 +1587,26 @@ class _ArchiveCursor:
         return events, self._after
 
 
+def _start_thread(
+    fn: Callable[[], T], deliver: Callable[[outcome.Outcome[T]], None]
+) -> None:
+    """``trio.lowlevel.start_thread_soon``, returning once the thread runs.
+
+    A thread that wants the GIL while the event loop is busy waits up to the
+    interpreter's switch interval (5 ms) for it, so it would only start once
+    the loop went idle; blocking on a lock hands it the GIL at once.
+    """
+    started = _thread.allocate_lock()
+    started.acquire()
+
+    def run() -> T:
+        started.release()
+        return fn()
+
+    trio.lowlevel.start_thread_soon(run, deliver)
+    started.acquire()
+
+
 def _take(pending: deque[AppendRequest], n: int) -> list[AppendRequest]:
     """Take up to ``n`` appends from the front of the queue for writing."""
     if len(pending) <= n:
@@ -1633,11 +1628,17 @@ def _too_big(payload: str, threshold: int) -> bool:
 
 
 def check_stream(stream: object) -> None:
-    """Refuse a stream name that is not a non-empty str of <= 1000 chars."""
-    if stream.__class__ is not str or not stream or len(stream) > 1000:
+    """Refuse a stream name that is not a non-empty str of <= 1000 chars
+    that can be stored (no lone surrogates)."""
+    if (
+        stream.__class__ is not str
+        or not stream
+        or len(stream) > 1000
+        or not is_utf8(stream)
+    ):
         raise InvalidEventError(
-            f"stream must be a non-empty string of at most 1000 characters, "
-            f"got {stream!r}"
+            f"stream must be a non-empty string of at most 1000 characters "
+            f"without lone surrogates, got {stream!r}"
         )
 
 

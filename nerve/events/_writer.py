@@ -14,7 +14,6 @@ no high-water mark.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ import orjson
 import trio
 
 from ._blobs import BlobStore
-from ._chain import GENESIS
+from ._chain import GENESIS, row_hash
 from ._errors import (
     DuplicateIdempotencyKey,
     NerveError,
@@ -43,14 +42,24 @@ from ._types import (
 )
 
 T = TypeVar("T")
-_dumps = orjson.dumps
-_sha256 = hashlib.sha256
 
 _COLUMNS = (
     "position, stream, version, type, type_version, source, ts, payload, blob, "
     "meta, hash"
 )
 _INSERT = f"INSERT INTO logs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,unhex(?))"
+# The full-text index of positions first..last, in one statement.
+_INDEX_SCHEMA = """
+CREATE TEMP VIEW IF NOT EXISTS nerve_index (first, last) AS
+    SELECT NULL, NULL WHERE 0;
+CREATE TEMP TRIGGER IF NOT EXISTS nerve_index_write INSTEAD OF INSERT ON nerve_index
+BEGIN
+    INSERT INTO main.logs_fts (rowid, type, stream, payload)
+        SELECT position, type, stream, payload FROM main.logs_text
+         WHERE position BETWEEN NEW.first AND NEW.last;
+    INSERT OR REPLACE INTO main.meta SELECT 'fts.position', CAST(NEW.last AS TEXT);
+END;
+"""
 # A whole batch in one statement (`LogWriter.write_flight`), its rows one JSON
 # array: SQLite parses it without the GIL (``executemany`` takes the GIL back
 # for every row), so a worker thread writes while the event loop stages the
@@ -73,11 +82,7 @@ BEGIN
     INSERT INTO main.idempotency
         SELECT value->>0, value->>1, value->>2, value->>3, value->>4
           FROM jsonb_each(jsonb(NEW.keys)) WHERE NEW.keys IS NOT NULL;
-    INSERT INTO main.logs_fts (rowid, type, stream, payload)
-        SELECT position, type, stream, payload FROM main.logs_text
-         WHERE NEW.fts AND position BETWEEN NEW.first AND NEW.last;
-    INSERT OR REPLACE INTO main.meta
-        SELECT 'fts.position', CAST(NEW.last AS TEXT) WHERE NEW.fts;
+    INSERT INTO nerve_index SELECT NEW.first, NEW.last WHERE NEW.fts;
     {{hooks}}
 END;
 """
@@ -85,18 +90,6 @@ END;
 # write lock of logs.db, none of an attached database's.
 _BEGIN_MAIN_ONLY = "BEGIN; DELETE FROM main.meta WHERE 0"
 _FLIGHT_INSERT = "INSERT INTO nerve_flight VALUES (?, ?, ?, ?, ?, ?, ?)"
-# The full-text index of a classic batch, in one statement.
-_INDEX_SCHEMA = """
-CREATE TEMP VIEW IF NOT EXISTS nerve_index (first, last) AS
-    SELECT NULL, NULL WHERE 0;
-CREATE TEMP TRIGGER IF NOT EXISTS nerve_index_write INSTEAD OF INSERT ON nerve_index
-BEGIN
-    INSERT INTO main.logs_fts (rowid, type, stream, payload)
-        SELECT position, type, stream, payload FROM main.logs_text
-         WHERE position BETWEEN NEW.first AND NEW.last;
-    INSERT OR REPLACE INTO main.meta SELECT 'fts.position', CAST(NEW.last AS TEXT);
-END;
-"""
 _MAX_CACHED_STREAMS = 100_000
 
 
@@ -205,10 +198,6 @@ class InlineHook(Protocol):
         rolled-back request or batch, another connection's commit, a
         maintenance job), so a hook can cache rows between batches.
         """
-
-
-class FlightNotSent(Exception):
-    """A staged flight could not be encoded (its appends go the classic way)."""
 
 
 class FlightHook(InlineHook, Protocol):
@@ -326,10 +315,9 @@ class LogWriter:
         self.reader: apsw.Connection | None = None
         """A connection of its own for staging while a batch is being
         written (`stage_flight`); opened by the log."""
-        self.flying = False
-        """Staged versions are not yet written: keep the version cache."""
         self.flight_keys: dict[str, AppendResult] = {}
-        """Idempotency keys staged in flights not yet written."""
+        """Idempotency keys staged in flights not yet written (and those read
+        for them), for `stage_flight`."""
         self._flight_hooks: tuple[InlineHook, ...] = ()
         self._flights_ok = False
 
@@ -389,19 +377,23 @@ class LogWriter:
                 forget()
 
     def prefetch_versions(
-        self, streams: Iterable[str], conn: apsw.Connection | None = None
+        self,
+        streams: Iterable[str],
+        conn: apsw.Connection | None = None,
+        *,
+        keep: bool = False,
     ) -> None:
         """Load the versions of streams not cached, in one query per 500.
 
         A batch of appends to new streams (every workflow run is one) would
-        otherwise cost a query per append. The cache is never emptied while
-        staged versions are not yet written (`flying`).
+        otherwise cost a query per append. A full cache is emptied first,
+        unless it holds versions staged but not yet written (``keep``).
         """
         versions = self._versions
         missing = list({s for s in streams if s not in versions})
         if not missing:
             return
-        if len(versions) + len(missing) > _MAX_CACHED_STREAMS and not self.flying:
+        if len(versions) + len(missing) > _MAX_CACHED_STREAMS and not keep:
             versions.clear()
         conn = conn or self.conn
         for i in range(0, len(missing), 500):
@@ -528,9 +520,11 @@ class LogWriter:
 
     # -- the pipelined batch -----------------------------------------------------------
 
-    def stage_flight(self, flight: Flight, requests: Sequence[AppendRequest]) -> bool:
+    def stage_flight(
+        self, flight: Flight, requests: Sequence[AppendRequest], airborne: bool
+    ) -> bool:
         """Stage ``requests`` into ``flight`` on the event loop, while another
-        batch may be being written.
+        flight may be being written (``airborne``).
 
         Everything not cached is read first, through `reader` (the write
         connection may be busy in a worker thread); returns False, having
@@ -540,8 +534,11 @@ class LogWriter:
         reader = self.reader
         assert reader is not None
         keys = self.flight_keys
+        unwritten = airborne or bool(flight.staged)
+        if not unwritten:
+            keys.clear()  # every key staged so far is written
         try:
-            self.prefetch_versions((r.stream for r in requests), reader)
+            self.prefetch_versions((r.stream for r in requests), reader, keep=unwritten)
             for r in requests:
                 key = r.key
                 if key is not None and key not in keys:
@@ -576,28 +573,26 @@ class LogWriter:
         if keyed:
             flight.keys_json = orjson.dumps(keyed)
         if self.hooks:
-            try:
-                flight.hooks_json = orjson.dumps(
-                    [cast(FlightHook, hook).seal() for hook in self.hooks]
-                )
-            except (TypeError, orjson.JSONEncodeError) as e:
-                raise FlightNotSent(str(e)) from e
+            flight.hooks_json = orjson.dumps(
+                [cast(FlightHook, hook).seal() for hook in self.hooks]
+            )
 
     def write_flight(self, flight: Flight) -> None:
         """Write and commit a sealed flight (blocking: in a worker thread).
 
         One statement does it all: an insert into the temporary view
-        ``nerve_flight``, whose trigger writes the rows, the idempotency keys
-        and the full-text index, run in autocommit mode (SQLite begins and
-        commits around it). SQLite runs it without the GIL, and the thread
-        takes the GIL back once rather than once per statement: with the
-        event loop busy, every time costs up to the interpreter's switch
-        interval.
+        ``nerve_flight``, whose trigger writes the rows, the idempotency keys,
+        the full-text index and the inline hooks' rows, run in autocommit
+        mode (SQLite begins and commits around it). SQLite runs it without
+        the GIL, and the thread takes the GIL back once rather than once per
+        statement: with the event loop busy, every time costs up to the
+        interpreter's switch interval.
 
         On failure nothing is written and ``error`` says why; an I/O error
         or a full disk (``committing``) fails the flight's appends, anything
-        else (another process appended meanwhile, so the positions collide;
-        the database is busy) lets the log write them the classic way.
+        else (another connection wrote since the flight was staged; a
+        constraint; the database is busy) lets the log write them the
+        classic way.
         """
         conn = self.conn
         conn.set_busy_timeout(BUSY_TIMEOUT_MS)
@@ -835,8 +830,8 @@ class LogWriter:
             position += 1
             version += 1
             type_, tv, payload, blob, meta, _, _ = ev
-            # `row_hash`, inlined: this loop runs once per appended event.
-            content = [
+            prev = row_hash(
+                prev,
                 position,
                 stream,
                 version,
@@ -847,8 +842,7 @@ class LogWriter:
                 payload,
                 blob,
                 meta,
-            ]
-            prev = _sha256(prev + _dumps(content)).digest()
+            )
             rows.append(
                 (
                     position,

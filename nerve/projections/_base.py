@@ -166,11 +166,19 @@ def write_checkpoint(
     conn: apsw.Connection, projection: Projection, position: int
 ) -> None:
     conn.execute(
-        "INSERT INTO main.projections (name, version, position) VALUES (?, ?, ?) "
-        "ON CONFLICT (name) DO UPDATE SET version = excluded.version, "
-        "position = excluded.position",
+        CHECKPOINT_SQL.format(name="?", version="?", position="?"),
         (projection.name, projection.version, position),
     )
+
+
+CHECKPOINT_SQL: Final = (
+    "INSERT INTO main.projections (name, version, position) "
+    "VALUES ({name}, {version}, {position}) "
+    "ON CONFLICT (name) DO UPDATE SET version = excluded.version, "
+    "position = excluded.position"
+)
+"""`write_checkpoint`'s statement; an inline projection's flight SQL fills
+it with literals (`InlineProjection.flight_sql`)."""
 
 
 class SkippedEventWarning(UserWarning):

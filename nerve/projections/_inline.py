@@ -17,7 +17,14 @@ import trio
 
 from nerve.events import Log, RecordedEvent
 
-from ._base import Progress, Projection, fold, read_checkpoint, table_exists
+from ._base import (
+    CHECKPOINT_SQL,
+    Progress,
+    Projection,
+    fold,
+    read_checkpoint,
+    table_exists,
+)
 from ._build import build, copy_in, fold_page, temporary_db
 
 
@@ -63,13 +70,12 @@ class InlineProjection:
         sql = None if own is None else own(each)
         if sql is None:
             return None
-        name = projection.name.replace("'", "''")
-        return (
-            f"{sql}\n    INSERT INTO main.projections (name, version, position) "
-            f"VALUES ('{name}', {int(projection.version)}, NEW.last) "
-            "ON CONFLICT (name) DO UPDATE SET version = excluded.version, "
-            "position = excluded.position;"
+        checkpoint = CHECKPOINT_SQL.format(
+            name="'" + projection.name.replace("'", "''") + "'",
+            version=int(projection.version),
+            position="NEW.last",
         )
+        return f"{sql}\n    {checkpoint};"
 
     def stage(self, events: Sequence[RecordedEvent], reader: apsw.Connection) -> bool:
         projection = self.projection

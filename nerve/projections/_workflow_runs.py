@@ -12,7 +12,7 @@ make any other refuses its append (nothing of it is written)::
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import apsw
@@ -158,43 +158,23 @@ class WorkflowRuns(Projection):
         being written or earlier batches wrote, and the committed rows of
         other runs, read through ``reader``. False (staging nothing) for a
         refused transition: the classic way (`apply`) refuses it."""
-        staging = self._staging
-        flying = self._flying
-        cache = self._rows
-        rows: dict[str, Any] = {}
-        run_ids = []
-        missing = []
-        for e in events:
-            run_id = run_id_of(e.stream)
-            if run_id is None:
-                return False
-            run_ids.append(run_id)
-            if run_id in rows:
-                continue
-            row = staging.get(run_id)
-            if row is None:
-                for layer in reversed(flying):
-                    row = layer.get(run_id)
-                    if row is not None:
-                        break
-                else:
-                    row = cache.get(run_id)
-                    if row is None and e.version != 1:
-                        missing.append(run_id)  # written before, not cached
-            # A copy: the layers change on success only.
-            rows[run_id] = None if row is None else row.copy()
-        if missing:
-            try:
-                rows.update(_load(reader, missing))
-            except apsw.Error:
-                return False
         try:
-            for run_id, e in zip(run_ids, events, strict=True):
-                rows[run_id] = _transition(rows[run_id], run_id, e)
-        except RefusedByProjection:
+            rows = _fold_runs(events, self._staged_row, reader)
+        except (RefusedByProjection, apsw.Error):
             return False
-        staging.update(rows)
+        self._staging.update(rows)
         return True
+
+    def _staged_row(self, run_id: str) -> list[Any] | None:
+        """A run's row as the flights staged so far leave it."""
+        row: list[Any] | None = self._staging.get(run_id)
+        if row is not None:
+            return row
+        for layer in reversed(self._flying):
+            row = layer.get(run_id)
+            if row is not None:
+                return row
+        return self._rows.get(run_id)
 
     def discard(self) -> None:
         self._staging = {}
@@ -217,36 +197,9 @@ class WorkflowRuns(Projection):
         if conn is not self._rows_conn:
             self._rows.clear()
             self._rows_conn = conn
-        cache = self._rows
-        run_ids = []
-        for e in events:
-            run_id = run_id_of(e.stream)
-            if run_id is None:
-                raise RefusedByProjection(
-                    f"{e.type} at position {e.position}: lifecycle events belong in "
-                    f"a run stream ('run-<id>'), not {e.stream!r}"
-                )
-            run_ids.append(run_id)
-        # A run whose first event here is its stream's first has no row yet:
-        # only the others are looked up (in a kernel, most runs start in the
-        # batch that queues them).
-        rows: dict[str, Any] = {}
-        known = []
-        for run_id, e in zip(run_ids, events, strict=True):
-            if run_id not in rows:
-                cached = cache.get(run_id)
-                if cached is not None:
-                    rows[run_id] = cached.copy()  # the cache changes on success only
-                else:
-                    rows[run_id] = None
-                    if e.version != 1:
-                        known.append(run_id)
-        if known:
-            rows.update(_load(conn, known))
-        for run_id, e in zip(run_ids, events, strict=True):
-            rows[run_id] = _transition(rows[run_id], run_id, e)
+        rows = _fold_runs(events, self._rows.get, conn)
         conn.executemany(_UPSERT, rows.values())
-        _remember(cache, rows)
+        _remember(self._rows, rows)
 
     def bulk_fold(self, conn: apsw.Connection, source: str, upto: int) -> bool:
         """The whole history in one query: each run's row from its queued,
@@ -398,28 +351,61 @@ _MAX_CACHED_ROWS: Final = 50_000
 
 # An upsert, not INSERT OR REPLACE: a changed row is updated in place (its
 # unchanged index entries stay) instead of deleted and inserted again.
+_ON_CONFLICT: Final = "ON CONFLICT (run_id) DO UPDATE SET " + ", ".join(
+    f"{c} = excluded.{c}"
+    for c in (c.strip() for c in _COLUMNS.split(","))
+    if c != "run_id"
+)
 _UPSERT: Final = (
     f"INSERT INTO workflow_runs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
-    "ON CONFLICT (run_id) DO UPDATE SET "
-    + ", ".join(
-        f"{c} = excluded.{c}"
-        for c in (c.strip() for c in _COLUMNS.split(","))
-        if c != "run_id"
-    )
+    + _ON_CONFLICT
 )
-
-
+# A flight's rows (`WorkflowRuns.seal`), read through {each}.
 _FLIGHT_UPSERT: Final = (
     f"INSERT INTO main.workflow_runs ({_COLUMNS}) SELECT "
     + ", ".join(f"value->>{i}" for i in range(13))
-    + " FROM {each} WHERE true ON CONFLICT (run_id) DO UPDATE SET "
-    + ", ".join(
-        f"{c} = excluded.{c}"
-        for c in (c.strip() for c in _COLUMNS.split(","))
-        if c != "run_id"
-    )
+    + " FROM {each} WHERE true "
+    + _ON_CONFLICT
     + ";"
 )
+
+
+def _fold_runs(
+    events: Sequence[RecordedEvent],
+    row_of: Callable[[str], list[Any] | None],
+    conn: apsw.Connection,
+) -> dict[str, list[Any]]:
+    """The rows of the runs ``events`` move, each event's transition applied
+    in order, from a copy of each run's row as ``row_of`` gives it, or as
+    read through ``conn``. A run whose first event here is its stream's
+    first has no row yet: only the others are read (in a kernel, most runs
+    start in the batch that queues them).
+
+    Raises:
+        RefusedByProjection: an event outside a run stream, or an illegal
+            transition.
+    """
+    rows: dict[str, Any] = {}
+    run_ids = []
+    missing = []
+    for e in events:
+        run_id = run_id_of(e.stream)
+        if run_id is None:
+            raise RefusedByProjection(
+                f"{e.type} at position {e.position}: lifecycle events belong in "
+                f"a run stream ('run-<id>'), not {e.stream!r}"
+            )
+        run_ids.append(run_id)
+        if run_id not in rows:
+            row = row_of(run_id)  # copied: the caches change on success only
+            rows[run_id] = None if row is None else row.copy()
+            if row is None and e.version != 1:
+                missing.append(run_id)
+    if missing:
+        rows.update(_load(conn, missing))
+    for run_id, e in zip(run_ids, events, strict=True):
+        rows[run_id] = _transition(rows[run_id], run_id, e)
+    return rows
 
 
 def _remember(cache: dict[str, list[Any]], rows: dict[str, list[Any]]) -> None:
