@@ -266,7 +266,7 @@ async def test_idempotency_key_returns_original_result(log: nerve.Log) -> None:
         "orders", NewEvent("test.e", {"n": 999}), idempotency_key="k1"
     )
     assert again.duplicate is True
-    assert attrs.evolve(again, duplicate=False) == first
+    assert again._replace(duplicate=False) == first
     assert (again.first_position, again.last_position, again.version) == (1, 2, 2)
     # The repeat is recognised even with an expectation that no longer holds.
     again2 = await log.append(
@@ -283,7 +283,7 @@ async def test_idempotency_key_survives_reopen(data_dir: Path) -> None:
         first = await log.append("s", NewEvent("test.e", {"v": 1}), idempotency_key="k")
     async with nerve.open_log(data_dir) as log:
         again = await log.append("s", NewEvent("test.e", {"v": 2}), idempotency_key="k")
-        assert again == attrs.evolve(first, duplicate=True)
+        assert again == first._replace(duplicate=True)
         with pytest.raises(nerve.DuplicateIdempotencyKey):
             await log.append("t", NewEvent("test.e"), idempotency_key="k")
         assert [e.data for e in await read_all(log)] == [{"v": 1}]
@@ -458,7 +458,7 @@ async def test_same_key_twice_in_one_batch_writes_once(log: nerve.Log) -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert log.statistics().pending == 2
     assert {r.duplicate for r in results.values()} == {False, True}
-    assert {attrs.evolve(r, duplicate=False) for r in results.values()} == {
+    assert {r._replace(duplicate=False) for r in results.values()} == {
         nerve.AppendResult("s", 1, 1, 1)
     }
     assert len(await read_all(log)) == 1

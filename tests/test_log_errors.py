@@ -653,7 +653,7 @@ async def test_an_idempotency_key_reused_for_another_stream_is_refused(
     assert "'b'" in str(err)
     assert await stored(log) == before
     again = await log.append("a", NewEvent("t.ok"), idempotency_key="k-1")
-    assert again == attrs.evolve(first, duplicate=True)
+    assert again == first._replace(duplicate=True)
 
 
 # --- a closed log ---------------------------------------------------------------------

@@ -227,7 +227,7 @@ def test_idempotent_re_append(plan: list[tuple[int, int, bool]]) -> None:
                     idempotency_key=f"k{key}",
                 )
                 if key in first:
-                    assert result == attrs.evolve(first[key], duplicate=True)
+                    assert result == first[key]._replace(duplicate=True)
                 else:
                     assert result.duplicate is False
                     assert result.first_position == written + 1

@@ -14,18 +14,18 @@ no high-water mark.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
 import apsw
-import attrs
 import orjson
 import trio
 
 from ._blobs import BlobStore
-from ._chain import GENESIS, row_hash
+from ._chain import GENESIS
 from ._errors import (
     DuplicateIdempotencyKey,
     NerveError,
@@ -43,11 +43,23 @@ from ._types import (
 
 T = TypeVar("T")
 
+_dumps = orjson.dumps
+_sha256 = hashlib.sha256
+_new_result = tuple.__new__  # AppendResult(...) without its Python __new__
+
 _COLUMNS = (
     "position, stream, version, type, type_version, source, ts, payload, blob, "
     "meta, hash"
 )
-_INSERT = f"INSERT INTO logs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,unhex(?))"
+# Rows as they are staged: each row's chain content (`_chain.row_hash`: the
+# JSON array of its first ten columns) in one JSON array, and their hashes
+# concatenated, 32 bytes each, in one blob.
+_SELECT_ROWS = """
+        SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5,
+               value->>6, value->>7, value->>8, value->>9,
+               substr({hashes}, key * 32 + 1, 32)
+          FROM jsonb_each(jsonb({rows}))"""
+_INSERT = f"INSERT INTO logs ({_COLUMNS})" + _SELECT_ROWS.format(rows="?1", hashes="?2")
 # The full-text index of positions first..last, in one statement.
 _INDEX_SCHEMA = """
 CREATE TEMP VIEW IF NOT EXISTS nerve_index (first, last) AS
@@ -65,8 +77,9 @@ END;
 # for every row), so a worker thread writes while the event loop stages the
 # next batch.
 _FLIGHT_VIEW = """
-CREATE TEMP VIEW IF NOT EXISTS nerve_flight (dv, rows, keys, first, last, fts, hooks)
-    AS SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE 0;
+CREATE TEMP VIEW IF NOT EXISTS nerve_flight
+    (dv, rows, hashes, keys, first, last, fts, hooks)
+    AS SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE 0;
 """
 _FLIGHT_TRIGGER = f"""
 CREATE TEMP TRIGGER nerve_flight_write INSTEAD OF INSERT ON nerve_flight
@@ -75,10 +88,8 @@ BEGIN
     -- staged from caches may be wrong (the classic way looks again).
     SELECT RAISE(ABORT, 'nerve: another connection wrote')
      WHERE (SELECT data_version FROM pragma_data_version) IS NOT NEW.dv;
-    INSERT INTO main.logs ({_COLUMNS})
-        SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5,
-               value->>6, value->>7, value->>8, value->>9, unhex(value->>10)
-          FROM jsonb_each(jsonb(NEW.rows));
+    INSERT INTO main.logs ({_COLUMNS}){
+    _SELECT_ROWS.format(rows="NEW.rows", hashes="NEW.hashes")};
     INSERT INTO main.idempotency
         SELECT value->>0, value->>1, value->>2, value->>3, value->>4
           FROM jsonb_each(jsonb(NEW.keys)) WHERE NEW.keys IS NOT NULL;
@@ -89,7 +100,7 @@ END;
 # A deferred transaction and a statement that may write logs.db only: the
 # write lock of logs.db, none of an attached database's.
 _BEGIN_MAIN_ONLY = "BEGIN; DELETE FROM main.meta WHERE 0"
-_FLIGHT_INSERT = "INSERT INTO nerve_flight VALUES (?, ?, ?, ?, ?, ?, ?)"
+_FLIGHT_INSERT = "INSERT INTO nerve_flight VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _MAX_CACHED_STREAMS = 100_000
 
 
@@ -247,12 +258,14 @@ class Flight:
         "committing",
         "error",
         "first",
+        "hashes",
         "hooks_json",
         "keys_json",
         "landed",
         "last",
         "outcomes",
         "requests",
+        "rows",
         "rows_json",
         "saved",
         "staged",
@@ -266,7 +279,9 @@ class Flight:
         self.requests: list[AppendRequest] = []
         self.outcomes: list[AppendResult | BaseException] = []
         self.staged: list[_Staged] = []
+        self.rows = _Rows()
         self.rows_json = b""
+        self.hashes = b""
         self.keys_json: bytes | None = None
         self.hooks_json: bytes | None = None
         self.landed = False
@@ -280,12 +295,33 @@ class Flight:
         return self.landed and self.error is None
 
 
-class _Staged(NamedTuple):
-    """One request, checked and positioned (a tuple: one per append)."""
+_Staged = tuple[AppendRequest, AppendResult, int]
+"""One request, checked and positioned: the request, its result, its ts (a
+plain tuple: one is built per append)."""
 
-    request: AppendRequest
-    result: AppendResult
-    rows: list[tuple[Any, ...]]
+
+class _Rows:
+    """The rows of staged requests, as `_INSERT` and the flight trigger take
+    them: each row's chain content (the JSON array `row_hash` hashes: the
+    row's first ten columns) and its hash."""
+
+    __slots__ = ("contents", "digests")
+
+    def __init__(self) -> None:
+        self.contents: list[bytes] = []
+        self.digests: list[bytes] = []
+
+    def __len__(self) -> int:
+        return len(self.contents)
+
+    def truncate(self, n: int) -> None:
+        """Forget every row after the first ``n``."""
+        del self.contents[n:]
+        del self.digests[n:]
+
+    def params(self) -> tuple[bytes, bytes]:
+        """(the rows' JSON array, their hashes), for `_INSERT`."""
+        return b"[" + b",".join(self.contents) + b"]", b"".join(self.digests)
 
 
 class LogWriter:
@@ -549,7 +585,9 @@ class LogWriter:
             return False
         staged = flight.staged
         n = len(staged)
-        outcomes, _ = self._stage_all(requests, keys, None, staged)
+        rows = flight.rows
+        n_rows = len(rows)
+        outcomes = self._stage_all(requests, keys, None, staged, rows)
         hooks = self.hooks
         if hooks and len(staged) > n:
             events = _recorded(staged[n:])
@@ -559,6 +597,7 @@ class LogWriter:
                     # cached, a refused transition): the caller discards the
                     # whole flight (`unstage`) and writes it that way.
                     del staged[n:]
+                    rows.truncate(n_rows)
                     return False
         flight.requests.extend(requests)
         flight.outcomes.extend(outcomes)
@@ -568,7 +607,7 @@ class LogWriter:
     def seal(self, flight: Flight) -> None:
         """Encode a staged flight for `write_flight` (on the event loop)."""
         staged = flight.staged
-        flight.rows_json = orjson.dumps([row for s in staged for row in s.rows])
+        flight.rows_json, flight.hashes = flight.rows.params()
         keyed = _keyed(staged)
         if keyed:
             flight.keys_json = orjson.dumps(keyed)
@@ -602,6 +641,7 @@ class LogWriter:
                 (
                     self._data_version,
                     flight.rows_json,
+                    flight.hashes,
                     flight.keys_json,
                     flight.first,
                     flight.last,
@@ -720,12 +760,14 @@ class LogWriter:
     ) -> list[AppendResult | BaseException]:
         conn = self.conn
         start_state = self.save()
-        outcomes, staged = self._stage_all(requests, None, conn)
+        staged: list[_Staged] = []
+        rows = _Rows()
+        outcomes = self._stage_all(requests, None, conn, staged, rows)
         if not staged:
             return outcomes
         conn.execute("SAVEPOINT batch")
         try:
-            self._insert(staged)
+            self._insert(staged, rows)
             conn.execute("RELEASE batch")
             return outcomes
         except (apsw.FullError, apsw.IOError):
@@ -741,13 +783,17 @@ class LogWriter:
             # The state before staging: a refused request must give its
             # positions (and its place in the hash chain) back.
             state = self.save()
-            one_outcomes, one_staged = self._stage_all([request], None, conn)
+            one_staged: list[_Staged] = []
+            one_rows = _Rows()
+            one_outcomes = self._stage_all(
+                [request], None, conn, one_staged, one_rows
+            )
             if not one_staged:
                 outcomes.extend(one_outcomes)
                 continue
             conn.execute("SAVEPOINT one")
             try:
-                self._insert(one_staged)
+                self._insert(one_staged, one_rows)
                 conn.execute("RELEASE one")
                 outcomes.extend(one_outcomes)
             except (apsw.FullError, apsw.IOError):
@@ -767,9 +813,11 @@ class LogWriter:
         requests: Sequence[AppendRequest],
         keys: dict[str, AppendResult] | None,
         conn: apsw.Connection | None,
-        staged: list[_Staged] | None = None,
-    ) -> tuple[list[AppendResult | BaseException], list[_Staged]]:
-        """Check and position every request; advance the in-memory state.
+        staged: list[_Staged],
+        rows: _Rows,
+    ) -> list[AppendResult | BaseException]:
+        """Check and position every request into ``staged`` and ``rows``;
+        advance the in-memory state.
 
         ``keys`` holds the idempotency keys staged but not yet committed;
         ``conn`` is where stream versions and keys not cached are looked up
@@ -777,19 +825,21 @@ class LogWriter:
         were all looked up beforehand (`stage_flight`).
         """
         outcomes: list[AppendResult | BaseException] = []
-        if staged is None:
-            staged = []
         if keys is None:
             keys = {}
         now = max(int(self.clock() * 1000), self.last_ts)
         if len(requests) > 1 and conn is not None:
             self.prefetch_versions((r.stream for r in requests), conn)
+        contents = rows.contents
+        digests = rows.digests
         for req in requests:
             try:
-                outcomes.append(self._stage(req, keys, now, staged, conn))
+                outcomes.append(
+                    self._stage(req, keys, now, staged, contents, digests, conn)
+                )
             except NerveError as e:
                 outcomes.append(e)
-        return outcomes, staged
+        return outcomes
 
     def _stage(
         self,
@@ -797,6 +847,8 @@ class LogWriter:
         keys: dict[str, AppendResult],
         now: int,
         staged: list[_Staged],
+        contents: list[bytes],
+        digests: list[bytes],
         conn: apsw.Connection | None,
     ) -> AppendResult:
         stream = req.stream
@@ -807,7 +859,7 @@ class LogWriter:
             if original is not None:
                 if original.stream != stream:
                     raise DuplicateIdempotencyKey(req.key, original.stream, stream)
-                return attrs.evolve(original, duplicate=True)
+                return original._replace(duplicate=True)
         current = self._versions.get(stream)
         if current is None:
             current = self.stream_version(stream, conn or self.reader)
@@ -821,45 +873,24 @@ class LogWriter:
                 ok = current == expected
             if not ok:
                 raise WrongExpectedVersion(stream, expected, current)
-        position = self.head
+        first = position = self.head + 1
         prev = self.last_hash
         source = req.source
-        rows = []
         version = current
         for ev in req.events:
-            position += 1
             version += 1
             type_, tv, payload, blob, meta, _, _ = ev
-            prev = row_hash(
-                prev,
-                position,
-                stream,
-                version,
-                type_,
-                tv,
-                source,
-                now,
-                payload,
-                blob,
-                meta,
+            # `row_hash`, inlined: the content is also the row as written.
+            content = _dumps(
+                (position, stream, version, type_, tv, source, now, payload, blob, meta)
             )
-            rows.append(
-                (
-                    position,
-                    stream,
-                    version,
-                    type_,
-                    tv,
-                    source,
-                    now,
-                    payload,
-                    blob,
-                    meta,
-                    prev.hex(),
-                )
-            )
-        result = AppendResult(stream, self.head + 1, position, version)
-        staged.append(_Staged(req, result, rows))
+            prev = _sha256(prev + content).digest()
+            contents.append(content)
+            digests.append(prev)
+            position += 1
+        position -= 1
+        result = _new_result(AppendResult, (stream, first, position, version, False))
+        staged.append((req, result, now))
         self.head = position
         self.last_hash = prev
         self.last_ts = now
@@ -879,13 +910,9 @@ class LogWriter:
         stream, first, last, version = row[0]
         return AppendResult(stream, first, last, version)
 
-    def _insert(self, staged: Sequence[_Staged]) -> None:
+    def _insert(self, staged: Sequence[_Staged], rows: _Rows) -> None:
         conn = self.conn
-        if len(staged) == 1:
-            rows = staged[0].rows
-        else:
-            rows = [row for s in staged for row in s.rows]
-        conn.executemany(_INSERT, rows)
+        conn.execute(_INSERT, rows.params())
         keyed = _keyed(staged)
         if keyed:
             conn.executemany("INSERT INTO idempotency VALUES (?,?,?,?,?)", keyed)
@@ -936,15 +963,7 @@ class LogWriter:
 def _keyed(staged: Sequence[_Staged]) -> list[tuple[Any, ...]]:
     """The ``idempotency`` rows of the staged requests that have a key."""
     return [
-        (
-            s.request.key,
-            s.result.stream,
-            s.result.first_position,
-            s.result.last_position,
-            s.result.version,
-        )
-        for s in staged
-        if s.request.key is not None
+        (req.key, *result[:4]) for req, result, _ in staged if req.key is not None
     ]
 
 
@@ -952,23 +971,31 @@ def _recorded(staged: Sequence[_Staged]) -> list[RecordedEvent]:
     """The staged events as inline hooks see them."""
     new = tuple.__new__  # RecordedEvent(...) without its Python __new__
     cls = RecordedEvent
-    return [
-        new(
-            cls,
-            (
-                row[0],
-                row[1],
-                row[2],
-                row[3],
-                row[6],
-                ev.data,
-                ev.meta_obj or EMPTY_META,
-                row[5],
-            ),
-        )
-        for s in staged
-        for row, ev in zip(s.rows, s.request.events, strict=True)
-    ]
+    out: list[RecordedEvent] = []
+    for req, result, ts in staged:
+        stream = req.stream
+        source = req.source
+        position = result.first_position
+        version = result.version - (result.last_position - position)
+        for ev in req.events:
+            out.append(
+                new(
+                    cls,
+                    (
+                        position,
+                        stream,
+                        version,
+                        ev.type,
+                        ts,
+                        ev.data,
+                        ev.meta_obj or EMPTY_META,
+                        source,
+                    ),
+                )
+            )
+            position += 1
+            version += 1
+    return out
 
 
 def _quote(name: str) -> str:
