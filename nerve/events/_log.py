@@ -27,7 +27,6 @@ from ._blobs import BlobStore
 from ._chain import GENESIS, row_hash
 from ._codec import EventRegistry, check_type_name, encode_meta, is_utf8, registry
 from ._errors import (
-    AppendWithdrawnError,
     ArchiveError,
     EventDecodingError,
     InvalidEventError,
@@ -60,6 +59,7 @@ from ._writer import (
 )
 
 T = TypeVar("T")
+_new_tuple = tuple.__new__  # a named tuple without its Python __new__
 
 LOG_FILE: Final = "logs.db"
 DEFAULT_BLOB_THRESHOLD: Final = 64 * 1024
@@ -332,6 +332,14 @@ class Log:
         waited for, so it is never reported cancelled while it commits.
         """
         request = self._enqueue(stream, events, expected_version, idempotency_key)
+        # `_outcome`, inlined for the common case: the writer reschedules this
+        # task with the outcome (`AppendRequest.finish`).
+        if request.outcome is None and request.event is None:
+            request.waiter = trio.lowlevel.current_task()
+            result: AppendResult = await trio.lowlevel.wait_task_rescheduled(
+                request.abort
+            )
+            return result
         return await _outcome(self, request)
 
     def submit(
@@ -431,7 +439,9 @@ class Log:
         payload, type_version, data = self.registry.encode(type_, ev.data)
         meta_obj = ev.meta
         meta = encode_meta(type_, meta_obj) if meta_obj else None
-        return EncodedEvent(type_, type_version, payload, None, meta, data, meta_obj)
+        return _new_tuple(
+            EncodedEvent, (type_, type_version, payload, None, meta, data, meta_obj)
+        )
 
     def _submit_encoded(
         self,
@@ -453,6 +463,7 @@ class Log:
         if self._closed:
             self._check_open()
         request = self._prepare(stream, events, expected, key)
+        request.pending = self._pending
         self._pending.append(request)
         self._wakeup.set()
         return request
@@ -1327,38 +1338,27 @@ async def _outcome(
     if not request.done:
         if request.waiter is None and request.event is None:
             request.waiter = trio.lowlevel.current_task()
+            if shielded or not withdraw:
 
-            def abort(_: Any) -> trio.lowlevel.Abort:
-                if shielded:
-                    return trio.lowlevel.Abort.FAILED  # wait for the outcome
-                if not withdraw:  # an observer: only its wait ends
-                    request.waiter = None
+                def abort(_: Any) -> trio.lowlevel.Abort:
+                    if shielded:
+                        return trio.lowlevel.Abort.FAILED  # wait for the outcome
+                    request.waiter = None  # an observer: only its wait ends
                     return trio.lowlevel.Abort.SUCCEEDED
-                if request.taken or request.event is not None:
-                    return trio.lowlevel.Abort.FAILED  # wait for the outcome
-                request.waiter = None
-                with contextlib.suppress(ValueError):
-                    log._pending.remove(request)
-                # Anyone who waits for it later learns it will never be written.
-                request.finish(
-                    AppendWithdrawnError(
-                        f"the append to {request.stream!r} was withdrawn: the task "
-                        "waiting for it was cancelled before it was written"
-                    )
-                )
-                return trio.lowlevel.Abort.SUCCEEDED
 
-            await trio.lowlevel.wait_task_rescheduled(abort)
-        else:
-            # Another waiter: only the first one can withdraw the append, so
-            # cancelling this one just stops its wait.
-            if request.event is None:
-                request.event = trio.Event()
-            if shielded:
-                with trio.CancelScope(shield=True):
-                    await request.event.wait()
             else:
+                abort = request.abort
+            result: AppendResult = await trio.lowlevel.wait_task_rescheduled(abort)
+            return result
+        # Another waiter: only the first one can withdraw the append, so
+        # cancelling this one just stops its wait.
+        if request.event is None:
+            request.event = trio.Event()
+        if shielded:
+            with trio.CancelScope(shield=True):
                 await request.event.wait()
+        else:
+            await request.event.wait()
     elif shielded:
         await trio.lowlevel.cancel_shielded_checkpoint()
     else:

@@ -14,6 +14,7 @@ no high-water mark.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,10 +24,12 @@ from typing import Any, NamedTuple, Protocol, TypeVar, cast
 import apsw
 import orjson
 import trio
+from outcome import Error, Value
 
 from ._blobs import BlobStore
 from ._chain import GENESIS
 from ._errors import (
+    AppendWithdrawnError,
     DuplicateIdempotencyKey,
     NerveError,
     WrongExpectedVersion,
@@ -89,7 +92,8 @@ BEGIN
     SELECT RAISE(ABORT, 'nerve: another connection wrote')
      WHERE (SELECT data_version FROM pragma_data_version) IS NOT NEW.dv;
     INSERT INTO main.logs ({_COLUMNS}){
-    _SELECT_ROWS.format(rows="NEW.rows", hashes="NEW.hashes")};
+    _SELECT_ROWS.format(rows="NEW.rows", hashes="NEW.hashes")
+};
     INSERT INTO main.idempotency
         SELECT value->>0, value->>1, value->>2, value->>3, value->>4
           FROM jsonb_each(jsonb(NEW.keys)) WHERE NEW.keys IS NOT NULL;
@@ -135,6 +139,7 @@ class AppendRequest:
         "expected",
         "key",
         "outcome",
+        "pending",
         "source",
         "stream",
         "taken",
@@ -165,6 +170,8 @@ class AppendRequest:
         self.event: trio.Event | None = None
         """For any further waiters (`PendingAppend.wait` called twice)."""
         self.callbacks: list[Callable[[], None]] | None = None
+        self.pending: Any = None
+        """The queue it waits in before the writer takes it (to withdraw it)."""
 
     @property
     def done(self) -> bool:
@@ -180,17 +187,40 @@ class AppendRequest:
         return outcome
 
     def finish(self, outcome: AppendResult | BaseException) -> None:
-        """Record the outcome and wake whoever waits for it."""
+        """Record the outcome and wake whoever waits for it (the first waiter
+        is rescheduled with it: `Log.append` returns or raises it)."""
         self.outcome = outcome
         waiter = self.waiter
         if waiter is not None:
             self.waiter = None
-            trio.lowlevel.reschedule(waiter)
+            if isinstance(outcome, BaseException):
+                trio.lowlevel.reschedule(waiter, Error(outcome))
+            else:
+                trio.lowlevel.reschedule(waiter, Value(outcome))
         if self.event is not None:
             self.event.set()
         if self.callbacks is not None:
             for callback in self.callbacks:
                 callback()
+
+    def abort(self, _: Any) -> trio.lowlevel.Abort:
+        """The first waiter's abort function (`trio.lowlevel.wait_task_rescheduled`):
+        cancelled before the writer took it, the append is withdrawn; once
+        taken, the cancellation waits for the outcome."""
+        if self.taken or self.event is not None:
+            return trio.lowlevel.Abort.FAILED  # wait for the outcome
+        self.waiter = None
+        if self.pending is not None:
+            with contextlib.suppress(ValueError):
+                self.pending.remove(self)
+        # Anyone who waits for it later learns it will never be written.
+        self.finish(
+            AppendWithdrawnError(
+                f"the append to {self.stream!r} was withdrawn: the task "
+                "waiting for it was cancelled before it was written"
+            )
+        )
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 class InlineHook(Protocol):
@@ -785,9 +815,7 @@ class LogWriter:
             state = self.save()
             one_staged: list[_Staged] = []
             one_rows = _Rows()
-            one_outcomes = self._stage_all(
-                [request], None, conn, one_staged, one_rows
-            )
+            one_outcomes = self._stage_all([request], None, conn, one_staged, one_rows)
             if not one_staged:
                 outcomes.extend(one_outcomes)
                 continue
@@ -962,9 +990,7 @@ class LogWriter:
 
 def _keyed(staged: Sequence[_Staged]) -> list[tuple[Any, ...]]:
     """The ``idempotency`` rows of the staged requests that have a key."""
-    return [
-        (req.key, *result[:4]) for req, result, _ in staged if req.key is not None
-    ]
+    return [(req.key, *result[:4]) for req, result, _ in staged if req.key is not None]
 
 
 def _recorded(staged: Sequence[_Staged]) -> list[RecordedEvent]:
