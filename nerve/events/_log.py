@@ -209,6 +209,8 @@ class Log:
         self._pool: list[apsw.Connection] = []
         self._pending: deque[AppendRequest] = deque()
         self._wakeup = trio.Event()
+        self._writer_idle = False
+        """The writer task waits for `_wakeup`: a new append must set it."""
         self._jobs: deque[tuple[Callable[[apsw.Connection], Any], _JobSlot]] = deque()
         self._changed = trio.Event()
         self._head = writer.head
@@ -465,7 +467,9 @@ class Log:
         request = self._prepare(stream, events, expected, key)
         request.pending = self._pending
         self._pending.append(request)
-        self._wakeup.set()
+        if self._writer_idle:
+            self._writer_idle = False
+            self._wakeup.set()
         return request
 
     def _check_open(self) -> None:
@@ -582,7 +586,9 @@ class Log:
                 ):
                     return
                 self._wakeup = trio.Event()
+                self._writer_idle = True
                 await self._wakeup.wait()
+                self._writer_idle = False
         finally:
             if flight is not None:
                 # Never close the connection under a worker thread.

@@ -860,25 +860,69 @@ class LogWriter:
             self.prefetch_versions((r.stream for r in requests), conn)
         contents = rows.contents
         digests = rows.digests
+        versions = self._versions
+        head = self.head
+        prev = self.last_hash
         for req in requests:
-            try:
-                outcomes.append(
-                    self._stage(req, keys, now, staged, contents, digests, conn)
+            stream = req.stream
+            current = versions.get(stream)
+            if current is None or req.key is not None or req.expected is not None:
+                try:
+                    checked = self._check(req, keys, conn)
+                except NerveError as e:
+                    outcomes.append(e)
+                    continue
+                if isinstance(checked, AppendResult):
+                    outcomes.append(checked)  # a duplicate: its original result
+                    continue
+                current = checked
+            position = head
+            version = current
+            source = req.source
+            for ev in req.events:
+                position += 1
+                version += 1
+                type_, tv, payload, blob, meta, _, _ = ev
+                # `row_hash`, inlined: the content is also the row as written.
+                content = _dumps(
+                    (
+                        position,
+                        stream,
+                        version,
+                        type_,
+                        tv,
+                        source,
+                        now,
+                        payload,
+                        blob,
+                        meta,
+                    )
                 )
-            except NerveError as e:
-                outcomes.append(e)
+                prev = _sha256(prev + content).digest()
+                contents.append(content)
+                digests.append(prev)
+            result = _new_result(
+                AppendResult, (stream, head + 1, position, version, False)
+            )
+            staged.append((req, result, now))
+            outcomes.append(result)
+            head = position
+            versions[stream] = version
+            if req.key is not None:
+                keys[req.key] = result
+        self.head = head
+        self.last_hash = prev
+        self.last_ts = now
         return outcomes
 
-    def _stage(
+    def _check(
         self,
         req: AppendRequest,
         keys: dict[str, AppendResult],
-        now: int,
-        staged: list[_Staged],
-        contents: list[bytes],
-        digests: list[bytes],
         conn: apsw.Connection | None,
-    ) -> AppendResult:
+    ) -> int | AppendResult:
+        """The stream's current version if ``req`` may be appended; its
+        original result if its idempotency key was seen (a duplicate)."""
         stream = req.stream
         if req.key is not None:
             original = keys.get(req.key)
@@ -901,31 +945,7 @@ class LogWriter:
                 ok = current == expected
             if not ok:
                 raise WrongExpectedVersion(stream, expected, current)
-        first = position = self.head + 1
-        prev = self.last_hash
-        source = req.source
-        version = current
-        for ev in req.events:
-            version += 1
-            type_, tv, payload, blob, meta, _, _ = ev
-            # `row_hash`, inlined: the content is also the row as written.
-            content = _dumps(
-                (position, stream, version, type_, tv, source, now, payload, blob, meta)
-            )
-            prev = _sha256(prev + content).digest()
-            contents.append(content)
-            digests.append(prev)
-            position += 1
-        position -= 1
-        result = _new_result(AppendResult, (stream, first, position, version, False))
-        staged.append((req, result, now))
-        self.head = position
-        self.last_hash = prev
-        self.last_ts = now
-        self._versions[stream] = version
-        if req.key is not None:
-            keys[req.key] = result
-        return result
+        return current
 
     def _lookup_key(self, key: str, conn: apsw.Connection) -> AppendResult | None:
         row = conn.execute(
