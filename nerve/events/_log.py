@@ -20,6 +20,7 @@ import attrs
 import orjson
 import outcome
 import trio
+from outcome import Value
 
 from .._gc import DEFAULT_GC_THRESHOLD, gc_tuned
 from . import _archive as arch
@@ -60,6 +61,7 @@ from ._writer import (
 
 T = TypeVar("T")
 _new_tuple = tuple.__new__  # a named tuple without its Python __new__
+_dumps = orjson.dumps
 
 LOG_FILE: Final = "logs.db"
 DEFAULT_BLOB_THRESHOLD: Final = 64 * 1024
@@ -333,7 +335,14 @@ class Log:
         taken is withdrawn (nothing written); one already being written is
         waited for, so it is never reported cancelled while it commits.
         """
-        request = self._enqueue(stream, events, expected_version, idempotency_key)
+        if (
+            events.__class__ is NewEvent
+            and expected_version is None
+            and idempotency_key is None
+        ):
+            request = self._enqueue_one(stream, events)
+        else:
+            request = self._enqueue(stream, events, expected_version, idempotency_key)
         # `_outcome`, inlined for the common case: the writer reschedules this
         # task with the outcome (`AppendRequest.finish`).
         if request.outcome is None and request.event is None:
@@ -467,6 +476,47 @@ class Log:
         request = self._prepare(stream, events, expected, key)
         request.pending = self._pending
         self._pending.append(request)
+        if self._writer_idle:
+            self._writer_idle = False
+            self._wakeup.set()
+        return request
+
+    def _enqueue_one(self, stream: str, ev: NewEvent) -> AppendRequest:
+        """`_enqueue` for the common append, in fewer steps: one event of an
+        unregistered type seen before, a dict payload, no expectations.
+        Anything else, or anything wrong, takes the general way (which
+        checks it and says what is wrong)."""
+        type_ = ev.type
+        data = ev.data
+        if (
+            self._closed
+            or data.__class__ is not dict
+            or stream.__class__ is not str
+            or not 0 < len(stream) <= 1000
+            or not stream.isascii()
+            or type_ not in self._type_names
+            or type_ in self.registry._by_type
+        ):
+            return self._enqueue(stream, ev, None, None)
+        try:
+            out = _dumps(data)
+        except (TypeError, orjson.JSONEncodeError):
+            return self._enqueue(stream, ev, None, None)  # raises what is wrong
+        if b"null" in out:  # maybe a NaN: the general way looks
+            return self._enqueue(stream, ev, None, None)
+        payload = out.decode()
+        if len(payload) * 4 > self.blob_threshold and _too_big(
+            payload, self.blob_threshold
+        ):
+            return self._enqueue(stream, ev, None, None)
+        meta_obj = ev.meta
+        meta = encode_meta(type_, meta_obj) if meta_obj else None
+        encoded = _new_tuple(
+            EncodedEvent, (type_, 1, payload, None, meta, data, meta_obj)
+        )
+        request = AppendRequest(stream, (encoded,), None, None, self.source)
+        request.pending = pending = self._pending
+        pending.append(request)
         if self._writer_idle:
             self._writer_idle = False
             self._wakeup.set()
@@ -640,8 +690,21 @@ class Log:
         written = 0
         type_heads = self._type_heads
         rejected = 0
+        reschedule = trio.lowlevel.reschedule
         for r, result in zip(batch, outcomes, strict=True):
-            r.finish(result)
+            if (
+                result.__class__ is AppendResult
+                and r.event is None
+                and r.callbacks is None
+            ):
+                # `finish`, inlined for the common case
+                r.outcome = result
+                waiter = r.waiter
+                if waiter is not None:
+                    r.waiter = None
+                    reschedule(waiter, Value(result))
+            else:
+                r.finish(result)
             if result.__class__ is AppendResult:
                 if not result.duplicate:
                     last = result.last_position
@@ -1618,11 +1681,8 @@ def _take(pending: deque[AppendRequest], n: int) -> list[AppendRequest]:
     if len(pending) <= n:
         batch = list(pending)
         pending.clear()
-    else:
-        batch = [pending.popleft() for _ in range(n)]
-    for r in batch:
-        r.taken = True
-    return batch
+        return batch
+    return [pending.popleft() for _ in range(n)]
 
 
 def _too_big(payload: str, threshold: int) -> bool:

@@ -35,7 +35,7 @@ def _freeze_meta(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return value
 
 
-@attrs.frozen
+@attrs.frozen(init=False)
 class NewEvent:
     """An event to append.
 
@@ -49,6 +49,24 @@ class NewEvent:
     type: str
     data: Any = attrs.field(factory=dict)
     meta: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_meta)
+
+    def __init__(
+        self,
+        type: str,
+        data: Any = attrs.NOTHING,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        # attrs' generated __init__ would call the factory and the converter
+        # through its frozen setattr; one event is built per append.
+        _set_type(self, type)
+        _set_data(self, {} if data is attrs.NOTHING else data)
+        _set_meta(self, meta if meta else EMPTY_META)
+
+
+# NewEvent's slots, set directly (its __init__).
+_set_type = NewEvent.__dict__["type"].__set__
+_set_data = NewEvent.__dict__["data"].__set__
+_set_meta = NewEvent.__dict__["meta"].__set__
 
 
 class RecordedEvent(NamedTuple):

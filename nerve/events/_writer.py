@@ -14,7 +14,6 @@ no high-water mark.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -142,7 +141,6 @@ class AppendRequest:
         "pending",
         "source",
         "stream",
-        "taken",
         "waiter",
     )
 
@@ -162,8 +160,6 @@ class AppendRequest:
         self.source = source
         self.big = big
         """Some payload exceeds the blob threshold: store it before writing."""
-        self.taken = False
-        """The writer has taken it into a batch: it can no longer be withdrawn."""
         self.outcome: AppendResult | BaseException | None = None
         self.waiter: trio.lowlevel.Task | None = None
         """The task parked until the outcome is known (see `Log.append`)."""
@@ -171,7 +167,8 @@ class AppendRequest:
         """For any further waiters (`PendingAppend.wait` called twice)."""
         self.callbacks: list[Callable[[], None]] | None = None
         self.pending: Any = None
-        """The queue it waits in before the writer takes it (to withdraw it)."""
+        """The queue it waits in until the writer takes it (withdrawn from
+        there if its waiter is cancelled meanwhile)."""
 
     @property
     def done(self) -> bool:
@@ -207,12 +204,13 @@ class AppendRequest:
         """The first waiter's abort function (`trio.lowlevel.wait_task_rescheduled`):
         cancelled before the writer took it, the append is withdrawn; once
         taken, the cancellation waits for the outcome."""
-        if self.taken or self.event is not None:
-            return trio.lowlevel.Abort.FAILED  # wait for the outcome
+        pending = self.pending
+        if self.event is not None or pending is None or self not in pending:
+            # The writer took it (it can no longer be withdrawn), or another
+            # waiter waits for it too: wait for the outcome.
+            return trio.lowlevel.Abort.FAILED
         self.waiter = None
-        if self.pending is not None:
-            with contextlib.suppress(ValueError):
-                self.pending.remove(self)
+        pending.remove(self)
         # Anyone who waits for it later learns it will never be written.
         self.finish(
             AppendWithdrawnError(
