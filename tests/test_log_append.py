@@ -832,6 +832,57 @@ async def test_large_payload_goes_to_the_blob_store(data_dir: Path) -> None:
         assert again[0].data == big
 
 
+async def test_a_large_payload_of_a_type_seen_before_goes_to_the_blob_store(
+    data_dir: Path,
+) -> None:
+    """The common append's shorter way (one event of a type seen before, no
+    expectations) sends a big payload to the blob store too."""
+    big = {"text": "x" * 5000}
+    async with nerve.open_log(data_dir, blob_threshold=1024) as log:
+        await log.append("s", NewEvent("test.e", {"text": "small"}))
+        await log.append("s", NewEvent("test.e", big))
+        assert [e.data for e in await read_all(log)] == [{"text": "small"}, big]
+        assert await log.verify() is None
+    rows = db_rows(data_dir / "logs.db", "SELECT payload IS NULL, blob FROM logs")
+    assert [(inline, blob is not None) for inline, blob in rows] == [
+        (0, False),
+        (1, True),
+    ]
+
+
+async def test_the_common_append_and_the_general_way_store_the_same_rows(
+    data_dir: Path,
+) -> None:
+    """One event without expectations is queued by a shorter way than a list
+    of events; both write the same row (and the same hash chain)."""
+    events = [
+        ("s", NewEvent("t.a", {"n": 1, "s": "é\n\"q\""}, meta={"who": "x"})),
+        ("s", NewEvent("t.a", {"n": 2})),
+        ("strëam", NewEvent("t.a", {"n": 3})),  # not ASCII: the general way
+        ("s", NewEvent("t.a")),
+    ]
+    async with nerve.open_log(data_dir / "one") as log:
+        for stream, ev in events:
+            await log.append(stream, ev)
+    async with nerve.open_log(data_dir / "general") as log:
+        for stream, ev in events:
+            await log.append(stream, [ev])
+    query = (
+        "SELECT position, stream, version, type, type_version, source, payload, "
+        "blob, meta FROM logs ORDER BY position"
+    )
+    one = db_rows(data_dir / "one" / "logs.db", query)
+    general = db_rows(data_dir / "general" / "logs.db", query)
+    assert one == general
+    assert [r[6] for r in one] == [
+        '{"n":1,"s":"é\\n\\"q\\""}',
+        '{"n":2}',
+        '{"n":3}',
+        "{}",
+    ]
+    assert one[0][8] == '{"who":"x"}'
+
+
 async def test_identical_large_payloads_are_stored_once(data_dir: Path) -> None:
     big = {"text": "z" * 4096}
     async with nerve.open_log(data_dir, blob_threshold=1024) as log:

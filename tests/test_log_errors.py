@@ -440,6 +440,33 @@ async def test_a_payload_that_does_not_encode_is_refused_before_writing(
         assert snapshot(data_dir).keys() == files.keys()  # no blob was stored
 
 
+@pytest.mark.parametrize(
+    ("type_", "data", "named"), BAD_DATA.values(), ids=BAD_DATA.keys()
+)
+async def test_a_single_bad_payload_of_a_type_seen_before_is_refused(
+    data_dir: Path, type_: str, data: Any, named: str
+) -> None:
+    """One event, no expectations, of a type the log has written before: the
+    common append's shorter way refuses what the general way refuses."""
+    async with nerve.open_log(data_dir, registry=_registry()) as log:
+        await log.append("acct-1", NewEvent("acct.opened", Opened("ann", 5)))
+        await log.append("acct-1", NewEvent("t.bad", {"fine": True}))
+        before = await stored(log)
+        files = snapshot(data_dir)
+
+        with pytest.raises(NerveError) as info:
+            await log.append("acct-1", NewEvent(type_, data))
+
+        assert_error(info.value, EventEncodingError, TypeError, AppendError)
+        assert repr(type_) in str(info.value)
+        assert named in str(info.value)
+        assert await stored(log) == before
+        assert snapshot(data_dir).keys() == files.keys()
+        # The log goes on.
+        await log.append("acct-1", NewEvent("t.bad", {"fine": 2}))
+        assert log.head == 3
+
+
 BAD_META: dict[str, tuple[Any, str]] = {
     "set": ({"tags": {"a"}}, "set"),
     "nan": ({"score": float("nan")}, "meta['score']"),
@@ -448,12 +475,16 @@ BAD_META: dict[str, tuple[Any, str]] = {
 }
 
 
+@pytest.mark.parametrize("type_seen", [False, True], ids=["new-type", "type-seen"])
 @pytest.mark.parametrize(("meta", "named"), BAD_META.values(), ids=BAD_META.keys())
 async def test_meta_that_does_not_encode_is_refused_before_writing(
-    log: nerve.Log, meta: Any, named: str
+    log: nerve.Log, meta: Any, named: str, type_seen: bool
 ) -> None:
     await log.append("s", NewEvent("t.ok"))
+    if type_seen:  # the common append's shorter way
+        await log.append("s", NewEvent("t.meta", {"a": 0}, meta={"fine": 1}))
     before = await stored(log)
+    head = log.head
 
     with pytest.raises(EventEncodingError) as info:
         await log.append("s", NewEvent("t.meta", {"a": 1}, meta=meta))
@@ -462,7 +493,7 @@ async def test_meta_that_does_not_encode_is_refused_before_writing(
     assert "'t.meta'" in str(info.value)
     assert "meta" in str(info.value)
     assert named in str(info.value)
-    assert log.head == 1
+    assert log.head == head
     assert await stored(log) == before
 
 

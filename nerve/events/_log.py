@@ -383,24 +383,6 @@ class Log:
         ``events`` may also be events `_encode` already encoded (an actor
         reusing the encoding of a constant event, or of one checked earlier).
         """
-        if (
-            events.__class__ is NewEvent
-            and expected is None
-            and key is None
-            and stream.__class__ is str
-            and 0 < len(stream) <= 1000
-            and stream.isascii()
-        ):
-            # The common case, one event and no expectations: the same checks
-            # as below, in fewer steps.
-            e = self._encode(events, stream)
-            payload = e.payload
-            big = (
-                payload is not None
-                and len(payload) * 4 > self.blob_threshold
-                and _too_big(payload, self.blob_threshold)
-            )
-            return AppendRequest(stream, (e,), None, None, self.source, big)
         check_stream(stream)
         if expected is not None and not _valid_expected(expected):
             raise InvalidEventError(
@@ -471,6 +453,18 @@ class Log:
         key: str | None,
     ) -> AppendRequest:
         """Check, encode and queue an append for the writer."""
+        if events.__class__ is NewEvent and expected is None and key is None:
+            return self._enqueue_one(stream, events)
+        return self._enqueue_checked(stream, events, expected, key)
+
+    def _enqueue_checked(
+        self,
+        stream: str,
+        events: NewEvent | Iterable[NewEvent] | Sequence[EncodedEvent],
+        expected: int | ExpectedVersion | None,
+        key: str | None,
+    ) -> AppendRequest:
+        """`_enqueue` the general way: every check, any events."""
         if self._closed:
             self._check_open()
         request = self._prepare(stream, events, expected, key)
@@ -497,18 +491,18 @@ class Log:
             or type_ not in self._type_names
             or type_ in self.registry._by_type
         ):
-            return self._enqueue(stream, ev, None, None)
+            return self._enqueue_checked(stream, ev, None, None)
         try:
             out = _dumps(data)
         except (TypeError, orjson.JSONEncodeError):
-            return self._enqueue(stream, ev, None, None)  # raises what is wrong
+            return self._enqueue_checked(stream, ev, None, None)  # says what
         if b"null" in out:  # maybe a NaN: the general way looks
-            return self._enqueue(stream, ev, None, None)
+            return self._enqueue_checked(stream, ev, None, None)
         payload = out.decode()
         if len(payload) * 4 > self.blob_threshold and _too_big(
             payload, self.blob_threshold
         ):
-            return self._enqueue(stream, ev, None, None)
+            return self._enqueue_checked(stream, ev, None, None)
         meta_obj = ev.meta
         meta = encode_meta(type_, meta_obj) if meta_obj else None
         encoded = _new_tuple(
