@@ -21,27 +21,37 @@ Figures, each the median of ``--runs`` interleaved runs:
 7. ceiling: the same 1000 trio tasks handing one request each at a time to a
    single writer task that wakes them in batches, with no encoding and no I/O:
    what the runtime alone allows, as a ratio for (2).
+8. bound: the pipeline alone, at its barest: the 1000 tasks park on a writer
+   task that positions each event, chains its hash and stages its row, while
+   a worker thread writes the previous batch with nerve's own one-statement
+   insert (same schema, synchronous=FULL), one batch in flight; no API, no
+   checks, no registry, no statistics. What this design allows on this
+   machine (SQLite, the disk and trio together), as a ratio for (2).
 
 Run: ``.venv/bin/python bench/append.py [--quick] [--runs N]``.
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import hashlib
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import _common as c
 import apsw
 import orjson
+import outcome
 import trio
 
 import nerve
 from nerve.events import EventRegistry, NewEvent, open_log
 from nerve.events._schema import LOG_APPLICATION_ID, MIGRATIONS
 from nerve.events._sqlite import migrate
+from nerve.events._writer import _FLIGHT_INSERT, LogWriter
 
 try:
     from eventsourcing.persistence import StoredEvent
@@ -214,6 +224,120 @@ def trio_ceiling(events: int, tasks: int) -> float:
     return trio.run(main)
 
 
+# -- 8. the pipeline's bound ------------------------------------------------------
+
+
+def pipeline_bound(args, events: int, tasks: int) -> float:
+    """Events/s of the barest form of nerve's pipeline (see the docstring)."""
+    per_task = events // tasks
+    chunk = 128  # as the log stages: the first chunk takes off at once
+
+    with raw_log(args, "bound") as conn:
+        flights = LogWriter(conn, Path("bound"), fts=False)
+        flights.prepare_flights()  # the temporary view and trigger
+        data_version = conn.execute("PRAGMA data_version").fetchall()[0][0]
+
+        async def main() -> float:
+            token = trio.lowlevel.current_trio_token()
+            pending: list[tuple[str, str, trio.lowlevel.Task]] = []
+            writer_idle: list[trio.lowlevel.Task] = []
+            landed: list[bool] = []
+
+            def abort(_: object) -> trio.lowlevel.Abort:
+                return trio.lowlevel.Abort.FAILED
+
+            def wake_writer() -> None:
+                if writer_idle:
+                    trio.lowlevel.reschedule(writer_idle.pop())
+
+            async def appender(task: int) -> None:
+                stream = f"s{task}"
+                for i in range(per_task):
+                    text = orjson.dumps(payload(i, task)).decode()
+                    pending.append((stream, text, trio.lowlevel.current_task()))
+                    wake_writer()
+                    await trio.lowlevel.wait_task_rescheduled(abort)
+
+            def take_off(rows: list[bytes], digests: list[bytes]) -> None:
+                params = (
+                    data_version,
+                    b"[" + b",".join(rows) + b"]",
+                    b"".join(digests),
+                    None,
+                    None,
+                    None,
+                    False,
+                    None,
+                )
+                started = _thread.allocate_lock()
+                started.acquire()
+
+                def write() -> None:
+                    started.release()
+                    conn.execute(_FLIGHT_INSERT, params)
+
+                def land(result: object) -> None:
+                    def seen() -> None:
+                        landed.append(True)
+                        wake_writer()
+
+                    token.run_sync_soon(seen)
+
+                trio.lowlevel.start_thread_soon(write, land)
+                started.acquire()  # as the log: the thread runs at once
+
+            async def writer(total: int) -> None:
+                head, prev, versions, done = 0, bytes(32), {}, 0
+                flying: list[tuple[trio.lowlevel.Task, int]] | None = None
+                nxt: list[tuple[trio.lowlevel.Task, int]] = []
+                rows: list[bytes] = []
+                digests: list[bytes] = []
+                while done < total:
+                    if landed:
+                        landed.clear()
+                        assert flying is not None
+                        written, flying = flying, None
+                        if nxt:
+                            take_off(rows, digests)
+                            flying, nxt, rows, digests = nxt, [], [], []
+                        for task, position in written:
+                            trio.lowlevel.reschedule(task, outcome.Value(position))
+                        done += len(written)
+                    elif pending:
+                        batch = pending[:chunk]
+                        del pending[:chunk]
+                        now = int(time.time() * 1000)
+                        for stream, text, task in batch:
+                            version = versions.get(stream, 0) + 1
+                            versions[stream] = version
+                            head += 1
+                            row = (head, stream, version, TYPE, 1, "", now, text)
+                            content = orjson.dumps((*row, None, None))
+                            prev = hashlib.sha256(prev + content).digest()
+                            rows.append(content)
+                            digests.append(prev)
+                            nxt.append((task, head))
+                        if flying is None:
+                            take_off(rows, digests)
+                            flying, nxt, rows, digests = nxt, [], [], []
+                    else:
+                        writer_idle.append(trio.lowlevel.current_task())
+                        await trio.lowlevel.wait_task_rescheduled(abort)
+
+            t0 = c.perf_counter()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer, per_task * tasks)
+                for task in range(tasks):
+                    nursery.start_soon(appender, task)
+            elapsed = c.perf_counter() - t0
+            count = conn.execute("SELECT count(*) FROM logs").fetchall()[0][0]
+            assert count == per_task * tasks, count
+            return per_task * tasks / elapsed
+
+        with nerve.gc_tuned():
+            return trio.run(main)
+
+
 # -- 4. nerve, one appender --------------------------------------------------------
 
 
@@ -281,7 +405,7 @@ def main() -> None:
         latency_events=lat_events,
     )
     base, plain, shared, fts, p50, p99, es, untuned = (c.Series() for _ in range(8))
-    floor, ceiling = c.Series(), c.Series()
+    floor, ceiling, bound = c.Series(), c.Series(), c.Series()
     plain_info = fts_info = ""
     synchronous = None
     for run in range(1, args.runs + 1):
@@ -303,6 +427,8 @@ def main() -> None:
         floor.add(sqlite_floor(args, events))
         c.progress(f"run {run}/{args.runs}: ceiling, trio hand-offs alone")
         ceiling.add(trio_ceiling(events, tasks))
+        c.progress(f"run {run}/{args.runs}: bound, the pipeline alone")
+        bound.add(pipeline_bound(args, events, tasks))
         c.progress(f"run {run}/{args.runs}: nerve, one appender")
         lo, hi = nerve_latency(args, lat_events)
         p50.add(lo)
@@ -393,6 +519,16 @@ def main() -> None:
         baseline=b,
         note="trio's park/wake of the appenders alone, no encoding, no SQLite: "
         f"nerve fts=False reaches {plain.median / ceiling.median:.0%} of it",
+    )
+    r.add(
+        f"bound: the pipeline alone, {tasks} tasks",
+        bound,
+        "events/s",
+        baseline=b,
+        note="positions, hash chain and nerve's one-statement insert, one "
+        "batch in flight, nothing else (no API, no checks): what this design "
+        "allows on this machine (trio, SQLite and the disk together); nerve "
+        f"fts=False reaches {plain.median / bound.median:.0%} of it",
     )
     r.print()
 
