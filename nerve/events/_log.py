@@ -351,7 +351,7 @@ class Log:
                 request.abort
             )
             return result
-        return await _outcome(self, request)
+        return await _outcome(request)
 
     def submit(
         self,
@@ -1379,13 +1379,10 @@ class PendingAppend:
                 else submitted: a cancellation ends its wait and withdraws
                 nothing.
         """
-        return await _outcome(
-            self._log, self._request, shielded=shielded, withdraw=withdraw
-        )
+        return await _outcome(self._request, shielded=shielded, withdraw=withdraw)
 
 
 async def _outcome(
-    log: Log,
     request: AppendRequest,
     *,
     shielded: bool = False,

@@ -908,9 +908,10 @@ class LogWriter:
             versions[stream] = version
             if req.key is not None:
                 keys[req.key] = result
-        self.head = head
-        self.last_hash = prev
-        self.last_ts = now
+        if head != self.head:
+            self.head = head
+            self.last_hash = prev
+            self.last_ts = now
         return outcomes
 
     def _check(
