@@ -601,8 +601,11 @@ class LogWriter:
         unwritten = airborne or bool(flight.staged)
         if not unwritten:
             keys.clear()  # every key staged so far is written
+        versions = self._versions
         try:
-            self.prefetch_versions((r.stream for r in requests), reader, keep=unwritten)
+            missing = [r.stream for r in requests if r.stream not in versions]
+            if missing:
+                self.prefetch_versions(missing, reader, keep=unwritten)
             for r in requests:
                 key = r.key
                 if key is not None and key not in keys:
@@ -636,7 +639,8 @@ class LogWriter:
         """Encode a staged flight for `write_flight` (on the event loop)."""
         staged = flight.staged
         flight.rows_json, flight.hashes = flight.rows.params()
-        keyed = _keyed(staged)
+        # Every key staged in a flight not yet written is in `flight_keys`.
+        keyed = _keyed(staged) if self.flight_keys else None
         if keyed:
             flight.keys_json = orjson.dumps(keyed)
         if self.hooks:
