@@ -856,7 +856,7 @@ async def test_the_common_append_and_the_general_way_store_the_same_rows(
     """One event without expectations is queued by a shorter way than a list
     of events; both write the same row (and the same hash chain)."""
     events = [
-        ("s", NewEvent("t.a", {"n": 1, "s": "é\n\"q\""}, meta={"who": "x"})),
+        ("s", NewEvent("t.a", {"n": 1, "s": 'é\n"q"'}, meta={"who": "x"})),
         ("s", NewEvent("t.a", {"n": 2})),
         ("strëam", NewEvent("t.a", {"n": 3})),  # not ASCII: the general way
         ("s", NewEvent("t.a")),
