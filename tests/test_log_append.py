@@ -854,7 +854,7 @@ async def test_the_common_append_and_the_general_way_store_the_same_rows(
     data_dir: Path,
 ) -> None:
     """One event without expectations is queued by a shorter way than a list
-    of events; both write the same row (and the same hash chain)."""
+    of events; both write the same rows, hash-chained."""
     events = [
         ("s", NewEvent("t.a", {"n": 1, "s": 'é\n"q"'}, meta={"who": "x"})),
         ("s", NewEvent("t.a", {"n": 2})),
@@ -864,9 +864,11 @@ async def test_the_common_append_and_the_general_way_store_the_same_rows(
     async with nerve.open_log(data_dir / "one") as log:
         for stream, ev in events:
             await log.append(stream, ev)
+        assert await log.verify() is None
     async with nerve.open_log(data_dir / "general") as log:
         for stream, ev in events:
             await log.append(stream, [ev])
+        assert await log.verify() is None
     query = (
         "SELECT position, stream, version, type, type_version, source, payload, "
         "blob, meta FROM logs ORDER BY position"
