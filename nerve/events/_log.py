@@ -371,18 +371,21 @@ class Log:
         request = self._enqueue(stream, events, expected_version, idempotency_key)
         return PendingAppend(self, request)
 
-    def _prepare(
+    def _enqueue_checked(
         self,
         stream: str,
         events: NewEvent | Iterable[NewEvent] | Sequence[EncodedEvent],
         expected: int | ExpectedVersion | None,
         key: str | None,
     ) -> AppendRequest:
-        """Check and encode an append: everything but writing it.
+        """`_enqueue` the general way: check and encode an append, any
+        events, and queue it.
 
         ``events`` may also be events `_encode` already encoded (an actor
         reusing the encoding of a constant event, or of one checked earlier).
         """
+        if self._closed:
+            self._check_open()
         check_stream(stream)
         if expected is not None and not _valid_expected(expected):
             raise InvalidEventError(
@@ -414,7 +417,18 @@ class Log:
             encoded.append(e)
         if not encoded:
             raise InvalidEventError(f"append to {stream!r} needs at least one event")
-        return AppendRequest(stream, encoded, expected, key, self.source, big=big)
+        return self._queue(
+            AppendRequest(stream, encoded, expected, key, self.source, big=big)
+        )
+
+    def _queue(self, request: AppendRequest) -> AppendRequest:
+        """Queue a checked append for the writer (waking it if it waits)."""
+        request.pending = pending = self._pending
+        pending.append(request)
+        if self._writer_idle:
+            self._writer_idle = False
+            self._wakeup.set()
+        return request
 
     def _encode(self, ev: Any, stream: str = "") -> EncodedEvent:
         """Check and encode one event (`EventEncodingError` if it cannot be)."""
@@ -457,24 +471,6 @@ class Log:
             return self._enqueue_one(stream, events)
         return self._enqueue_checked(stream, events, expected, key)
 
-    def _enqueue_checked(
-        self,
-        stream: str,
-        events: NewEvent | Iterable[NewEvent] | Sequence[EncodedEvent],
-        expected: int | ExpectedVersion | None,
-        key: str | None,
-    ) -> AppendRequest:
-        """`_enqueue` the general way: every check, any events."""
-        if self._closed:
-            self._check_open()
-        request = self._prepare(stream, events, expected, key)
-        request.pending = self._pending
-        self._pending.append(request)
-        if self._writer_idle:
-            self._writer_idle = False
-            self._wakeup.set()
-        return request
-
     def _enqueue_one(self, stream: str, ev: NewEvent) -> AppendRequest:
         """`_enqueue` for the common append, in fewer steps: one event of an
         unregistered type seen before, a dict payload, no expectations.
@@ -508,13 +504,7 @@ class Log:
         encoded = _new_tuple(
             EncodedEvent, (type_, 1, payload, None, meta, data, meta_obj)
         )
-        request = AppendRequest(stream, (encoded,), None, None, self.source)
-        request.pending = pending = self._pending
-        pending.append(request)
-        if self._writer_idle:
-            self._writer_idle = False
-            self._wakeup.set()
-        return request
+        return self._queue(AppendRequest(stream, (encoded,), None, None, self.source))
 
     def _check_open(self) -> None:
         if self._closed:
