@@ -90,6 +90,28 @@ async def test_appends_made_while_a_flight_is_written_take_off_next(
     assert await log.verify() is None
 
 
+async def test_the_next_flight_takes_half_of_what_waits(
+    log: nerve.Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a flight is written, the next one is staged with at most half of
+    the appends in the air or waiting (in whole chunks); the rest wait in the
+    queue. Appenders that each wait for their own append so fall into two
+    even cohorts instead of one flight of a chunk and one of all the rest."""
+    flights = Flights(log, monkeypatch)
+    async with flights.held():
+        first = log.submit("s", NewEvent("t.e", {"i": 0}))
+        await flights.holding.wait()
+        later = [log.submit(f"s{i}", NewEvent("t.e", {"i": i})) for i in range(1000)]
+        await trio.testing.wait_all_tasks_blocked()
+        # 1001 in the air or waiting: chunks of 128 are staged until the
+        # next flight holds at least 501 (4 chunks).
+        assert log.statistics().pending == 1000 - 4 * 128
+    results = [await p.wait() for p in [first, *later]]
+    assert flights.sizes == [1, 512, 488]
+    assert [r.first_position for r in results] == list(range(1, 1002))
+    assert await log.verify() is None
+
+
 async def test_another_connection_appending_meanwhile_is_seen(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -590,7 +590,9 @@ class Log:
                             job, slot = self._jobs.popleft()
                             await self._run_job(job, slot)
                         continue
-                elif pending and (nxt is None or len(nxt.requests) < MAX_BATCH):
+                elif pending and (
+                    nxt is None or len(nxt.requests) < _next_cap(flight, nxt, pending)
+                ):
                     in_hand = _take(pending, STAGE_CHUNK)
                     if flight is None and nxt is None and not writer.flights_ready():
                         writer.prepare_flights()  # for the hooks there are now
@@ -620,7 +622,9 @@ class Log:
                 ):
                     return
                 self._wakeup = trio.Event()
-                self._writer_idle = True
+                # With appends still queued, the writer waits for a landing
+                # (the next flight is full), which new appends do not change.
+                self._writer_idle = not pending
                 await self._wakeup.wait()
                 self._writer_idle = False
         finally:
@@ -1655,6 +1659,23 @@ def _start_thread(
 
     trio.lowlevel.start_thread_soon(run, deliver)
     started.acquire()
+
+
+def _next_cap(flight: Flight | None, nxt: Flight, pending: deque[AppendRequest]) -> int:
+    """How many appends the flight staged while ``flight`` is written may hold.
+
+    Half of all the appends in the air or waiting (at least a chunk, at most
+    `MAX_BATCH`): appenders that each wait for their append fall into two
+    cohorts, one written while the other is staged, and the cap keeps them
+    even. Uneven, they stay uneven: the first flight takes off with the first
+    chunk, the rest (say 872 of 1000) fill the next, and a small flight costs
+    a commit as much as a big one (the fsync, the index pages) while the big
+    one keeps the event loop idle.
+    """
+    waiting = len(nxt.requests) + len(pending)
+    if flight is not None:
+        waiting += len(flight.requests)
+    return min(MAX_BATCH, max(STAGE_CHUNK, (waiting + 1) // 2))
 
 
 def _take(pending: deque[AppendRequest], n: int) -> list[AppendRequest]:
