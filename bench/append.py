@@ -240,7 +240,8 @@ def pipeline_bound(args, events: int, tasks: int) -> float:
         async def main() -> float:
             token = trio.lowlevel.current_trio_token()
             pending: list[tuple[str, str, trio.lowlevel.Task]] = []
-            writer_idle: list[trio.lowlevel.Task] = []
+            writer_idle: list[trio.lowlevel.Task] = []  # woken by appends
+            writer_full: list[trio.lowlevel.Task] = []  # woken by landings only
             landed: list[bool] = []
 
             def abort(_: object) -> trio.lowlevel.Abort:
@@ -279,6 +280,8 @@ def pipeline_bound(args, events: int, tasks: int) -> float:
                 def land(result: object) -> None:
                     def seen() -> None:
                         landed.append(True)
+                        writer_idle.extend(writer_full)
+                        writer_full.clear()
                         wake_writer()
 
                     token.run_sync_soon(seen)
@@ -303,7 +306,13 @@ def pipeline_bound(args, events: int, tasks: int) -> float:
                         for task, position in written:
                             trio.lowlevel.reschedule(task, outcome.Value(position))
                         done += len(written)
-                    elif pending:
+                    elif pending and (
+                        # as the log: the next batch takes at most half of
+                        # what waits, so that the cohorts stay even
+                        flying is None
+                        or len(nxt)
+                        < max(chunk, (len(flying) + len(nxt) + len(pending)) // 2)
+                    ):
                         batch = pending[:chunk]
                         del pending[:chunk]
                         now = int(time.time() * 1000)
@@ -320,8 +329,9 @@ def pipeline_bound(args, events: int, tasks: int) -> float:
                         if flying is None:
                             take_off(rows, digests)
                             flying, nxt, rows, digests = nxt, [], [], []
-                    else:
-                        writer_idle.append(trio.lowlevel.current_task())
+                    else:  # nothing to do, or the next batch is full
+                        waits = writer_full if pending else writer_idle
+                        waits.append(trio.lowlevel.current_task())
                         await trio.lowlevel.wait_task_rescheduled(abort)
 
             t0 = c.perf_counter()
