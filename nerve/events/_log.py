@@ -62,6 +62,8 @@ from ._writer import (
 T = TypeVar("T")
 _new_tuple = tuple.__new__  # a named tuple without its Python __new__
 _dumps = orjson.dumps
+_current_task = trio.lowlevel.current_task
+_wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
 
 LOG_FILE: Final = "logs.db"
 DEFAULT_BLOB_THRESHOLD: Final = 64 * 1024
@@ -343,15 +345,11 @@ class Log:
             request = self._enqueue_one(stream, events)
         else:
             request = self._enqueue(stream, events, expected_version, idempotency_key)
-        # `_outcome`, inlined for the common case: the writer reschedules this
-        # task with the outcome (`AppendRequest.finish`).
-        if request.outcome is None and request.event is None:
-            request.waiter = trio.lowlevel.current_task()
-            result: AppendResult = await trio.lowlevel.wait_task_rescheduled(
-                request.abort
-            )
-            return result
-        return await _outcome(request)
+        # `_outcome` for a fresh request: the writer reschedules this task
+        # with the outcome (`AppendRequest.finish`).
+        request.waiter = _current_task()
+        result: AppendResult = await _wait_task_rescheduled(request.abort)
+        return result
 
     def submit(
         self,
@@ -504,7 +502,14 @@ class Log:
         encoded = _new_tuple(
             EncodedEvent, (type_, 1, payload, None, meta, data, meta_obj)
         )
-        return self._queue(AppendRequest(stream, (encoded,), None, None, self.source))
+        request = AppendRequest(stream, (encoded,), None, None, self.source)
+        # `_queue`, inlined
+        request.pending = pending = self._pending
+        pending.append(request)
+        if self._writer_idle:
+            self._writer_idle = False
+            self._wakeup.set()
+        return request
 
     def _check_open(self) -> None:
         if self._closed:
