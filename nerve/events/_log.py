@@ -504,14 +504,7 @@ class Log:
         encoded = _new_tuple(
             EncodedEvent, (type_, 1, payload, None, meta, data, meta_obj)
         )
-        request = AppendRequest(stream, (encoded,), None, None, self.source)
-        # `_queue`, inlined
-        request.pending = pending = self._pending
-        pending.append(request)
-        if self._writer_idle:
-            self._writer_idle = False
-            self._wakeup.set()
-        return request
+        return self._queue(AppendRequest(stream, (encoded,), None, None, self.source))
 
     def _check_open(self) -> None:
         if self._closed:
