@@ -20,7 +20,6 @@ import attrs
 import orjson
 import outcome
 import trio
-from outcome import Value
 
 from .._gc import DEFAULT_GC_THRESHOLD, gc_tuned
 from . import _archive as arch
@@ -337,14 +336,7 @@ class Log:
         taken is withdrawn (nothing written); one already being written is
         waited for, so it is never reported cancelled while it commits.
         """
-        if (
-            events.__class__ is NewEvent
-            and expected_version is None
-            and idempotency_key is None
-        ):
-            request = self._enqueue_one(stream, events)
-        else:
-            request = self._enqueue(stream, events, expected_version, idempotency_key)
+        request = self._enqueue(stream, events, expected_version, idempotency_key)
         # `_outcome` for a fresh request: the writer reschedules this task
         # with the outcome (`AppendRequest.finish`).
         request.waiter = _current_task()
@@ -678,21 +670,8 @@ class Log:
         written = 0
         type_heads = self._type_heads
         rejected = 0
-        reschedule = trio.lowlevel.reschedule
         for r, result in zip(batch, outcomes, strict=True):
-            if (
-                result.__class__ is AppendResult
-                and r.event is None
-                and r.callbacks is None
-            ):
-                # `finish`, inlined for the common case
-                r.outcome = result
-                waiter = r.waiter
-                if waiter is not None:
-                    r.waiter = None
-                    reschedule(waiter, Value(result))
-            else:
-                r.finish(result)
+            r.finish(result)
             if result.__class__ is AppendResult:
                 if not result.duplicate:
                     last = result.last_position
@@ -715,7 +694,8 @@ class Log:
     async def _write(
         self, batch: list[AppendRequest]
     ) -> list[AppendResult | BaseException]:
-        """One batch: staged and inserted here, committed in a worker thread.
+        """One batch the classic way: staged and inserted here, committed in
+        a worker thread.
 
         The inserts are in-memory work for SQLite (microseconds per event);
         the commit is the fsync. Running the inserts on this thread spares a

@@ -29,12 +29,6 @@ NO_STREAM: Final = ExpectedVersion.NO_STREAM
 STREAM_EXISTS: Final = ExpectedVersion.STREAM_EXISTS
 
 
-def _freeze_meta(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    if not value:
-        return EMPTY_META
-    return value
-
-
 @attrs.frozen(init=False)
 class NewEvent:
     """An event to append.
@@ -47,8 +41,8 @@ class NewEvent:
     """
 
     type: str
-    data: Any = attrs.field(factory=dict)
-    meta: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_meta)
+    data: Any
+    meta: Mapping[str, Any]
 
     def __init__(
         self,
@@ -56,8 +50,9 @@ class NewEvent:
         data: Any = attrs.NOTHING,
         meta: Mapping[str, Any] | None = None,
     ) -> None:
-        # attrs' generated __init__ would call the factory and the converter
-        # through its frozen setattr; one event is built per append.
+        # Written by hand: attrs' frozen __init__ sets each field through a
+        # slower setattr, and one event is built per append. No ``meta``
+        # (or an empty one) is the shared empty mapping.
         _set_type(self, type)
         _set_data(self, {} if data is attrs.NOTHING else data)
         _set_meta(self, meta if meta else EMPTY_META)

@@ -1,12 +1,14 @@
 """The write side of the log: one connection, group commit.
 
-`LogWriter` owns the write connection and runs in a worker thread, one batch
-at a time: every append request waiting when the writer wakes goes into one
-``BEGIN IMMEDIATE ... COMMIT`` (one fsync). Requests are checked in Python
-first (version expectations, idempotency keys), so the common batch is written
-with one ``executemany``. If the database still refuses something (an inline
-projection rejecting a transition, say), the batch is redone one request per
-SAVEPOINT, so only the faulty request fails and its neighbours commit.
+`LogWriter` owns the write connection. The log's writer task stages batches
+of append requests on the event loop (checks, positions, the hash chain, each
+row once: the JSON array the chain hashes) and a worker thread writes and
+commits each batch in one statement, one fsync, while the next is staged
+(`stage_flight`, `write_flight`). What only the database can decide goes the
+classic way (`write`, then `commit`): one ``BEGIN IMMEDIATE ... COMMIT``, and
+if the database refuses something (an inline projection rejecting a
+transition, say) the batch is redone one request per SAVEPOINT, so only the
+faulty request fails and its neighbours commit.
 
 Positions are assigned here, in commit order, so the log has no gaps and needs
 no high-water mark.
@@ -353,7 +355,9 @@ class _Rows:
 
 
 class LogWriter:
-    """Owns the write connection; every method runs in a worker thread."""
+    """Owns the write connection and the staged state (head, hash chain,
+    cached stream versions). Staging runs on the event loop; `write_flight`
+    and `commit` run in a worker thread."""
 
     def __init__(
         self,
@@ -483,34 +487,6 @@ class LogWriter:
                 versions[stream] = found.get(stream, 0)
 
     # -- the batch ----------------------------------------------------------------
-
-    def write_batch(
-        self, requests: Sequence[AppendRequest]
-    ) -> list[AppendResult | BaseException]:
-        """Write every request in one transaction; return each one's outcome.
-
-        The all-in-one, blocking form (for a worker thread). The log's writer
-        task uses the same steps split around the commit: `begin`,
-        `write`, then `commit` in a worker thread.
-
-        Never raises for a single request's fault: that request's outcome is
-        the exception. A fault of the whole transaction (disk full, I/O error)
-        becomes every request's outcome, and nothing of the batch is written.
-        """
-        blob_errors = self.store_blobs(requests)
-        try:
-            self.begin(wait=True)
-        except apsw.Error as e:
-            return [map_error(self.path, e)] * len(requests)
-        saved = self.save()
-        outcomes = self.write(requests, blob_errors, saved)
-        if any(isinstance(o, AppendResult) for o in outcomes):
-            try:
-                self.commit()
-            except apsw.Error as e:
-                self.abort(saved)
-                return [map_error(self.path, e)] * len(requests)
-        return outcomes
 
     def begin(self, *, wait: bool, main_only: bool = False) -> None:
         """``BEGIN IMMEDIATE``; without ``wait``, raise `apsw.BusyError` at once
@@ -935,9 +911,7 @@ class LogWriter:
                 if original.stream != stream:
                     raise DuplicateIdempotencyKey(req.key, original.stream, stream)
                 return original._replace(duplicate=True)
-        current = self._versions.get(stream)
-        if current is None:
-            current = self.stream_version(stream, conn or self.reader)
+        current = self.stream_version(stream, conn or self.reader)
         expected = req.expected
         if expected is not None:
             if expected is NO_STREAM:
