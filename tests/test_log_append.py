@@ -319,6 +319,23 @@ async def test_an_append_cancelled_before_it_is_taken_is_withdrawn(
     assert (r.first_position, r.version) == (2, 2)
 
 
+async def test_withdrawing_one_queued_append_leaves_its_neighbours_queued(
+    log: nerve.Log,
+) -> None:
+    async with writer_held(log):
+        first = log.submit("s", NewEvent("test.e", {"i": 1}))
+        middle = log.submit("s", NewEvent("test.e", {"i": 2}))
+        last = log.submit("s", NewEvent("test.e", {"i": 3}))
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await middle.wait()
+    with pytest.raises(nerve.AppendWithdrawnError):
+        await middle.wait()
+    assert (await first.wait()).first_position == 1
+    assert (await last.wait()).first_position == 2
+    assert [e.data for e in await read_all(log)] == [{"i": 1}, {"i": 3}]
+
+
 async def test_a_shielded_wait_neither_withdraws_nor_ends_early(
     log: nerve.Log,
 ) -> None:

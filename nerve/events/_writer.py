@@ -18,14 +18,21 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Callable,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
 import apsw
 import orjson
+import outcome
 import trio
-from outcome import Error, Value
 
 from ._blobs import BlobStore
 from ._chain import GENESIS
@@ -124,12 +131,16 @@ class EncodedEvent(NamedTuple):
     meta_obj: Any
 
 
-class AppendRequest:
+class AppendRequest(outcome.Outcome[AppendResult]):
     """One `Log.append` call on its way to the writer.
 
     A plain slotted class, not attrs: one is built per append on the event
     loop. The appender parks its task in ``waiter`` (trio.lowlevel), and the
     writer reschedules it with the outcome: cheaper than a `trio.Event`.
+
+    It is itself the `outcome.Outcome` the waiter is rescheduled with
+    (`unwrap` returns the result or raises the error): one object fewer to
+    build, and to unwrap, per append than an `outcome.Value`.
     """
 
     __slots__ = (
@@ -172,10 +183,38 @@ class AppendRequest:
         """The queue it waits in until the writer takes it (withdrawn from
         there if its waiter is cancelled meanwhile)."""
 
+    # Identity: `outcome.Outcome` is an attrs class whose generated equality
+    # would find any two requests equal (they have no attrs fields).
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__  # type: ignore[assignment]
+
     @property
     def done(self) -> bool:
         """Whether the outcome is known."""
         return self.outcome is not None
+
+    def unwrap(self) -> AppendResult:
+        """The outcome, for the task `finish` rescheduled: the result, or
+        raise the error (`outcome.Outcome.unwrap`)."""
+        result = self.outcome
+        if result.__class__ is AppendResult:
+            return result
+        return self.result()
+
+    def send(self, gen: Generator[Any, AppendResult, object]) -> Any:
+        """Send the result into ``gen``, or throw the error into it."""
+        result = self.outcome
+        if isinstance(result, BaseException):
+            return gen.throw(result)
+        return gen.send(self.unwrap())
+
+    async def asend(self, agen: AsyncGenerator[Any, AppendResult]) -> Any:
+        """Send the result into ``agen``, or throw the error into it."""
+        result = self.outcome
+        if isinstance(result, BaseException):
+            return await agen.athrow(result)
+        return await agen.asend(self.unwrap())
 
     def result(self) -> AppendResult:
         """The outcome once known: the result, or raise the error."""
@@ -185,17 +224,14 @@ class AppendRequest:
         assert outcome is not None
         return outcome
 
-    def finish(self, outcome: AppendResult | BaseException) -> None:
+    def finish(self, result: AppendResult | BaseException) -> None:
         """Record the outcome and wake whoever waits for it (the first waiter
         is rescheduled with it: `Log.append` returns or raises it)."""
-        self.outcome = outcome
+        self.outcome = result
         waiter = self.waiter
         if waiter is not None:
             self.waiter = None
-            if isinstance(outcome, BaseException):
-                trio.lowlevel.reschedule(waiter, Error(outcome))
-            else:
-                trio.lowlevel.reschedule(waiter, Value(outcome))
+            trio.lowlevel.reschedule(waiter, self)
         if self.event is not None:
             self.event.set()
         if self.callbacks is not None:
