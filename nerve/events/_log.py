@@ -568,6 +568,9 @@ class Log:
                         else:
                             retry = landed.requests + retry
                         held[:0] = retry
+                    # Freed now, with the next flight in the air, rather than
+                    # when the next one lands and before it takes off.
+                    landed = None
                     continue
                 if held or self._jobs:
                     if flight is None:
