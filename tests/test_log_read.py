@@ -714,3 +714,24 @@ async def test_backup_while_appending(tmp_path: Path) -> None:
         r = await copy.append("after-restore", NewEvent("test.e"))
         assert r.first_position == len(copied_events) + 1
         assert await copy.verify() is None
+
+
+async def test_a_reader_of_some_types_wakes_for_those_types_only(
+    log: nerve.Log,
+) -> None:
+    await log.append("s", NewEvent("t.a"))
+    await log.append("s", NewEvent("t.b"))
+    # Before any reader of some types asked, the log noted no type's last
+    # position: whatever lies past a reader's position may be of its types.
+    assert log._moved_past(0, ("t.none",))
+    assert log._moved_past(1, ("t.none",))
+    assert not log._moved_past(2, ("t.none",))
+    # From then on appends are noted by type.
+    await log.append("s", NewEvent("t.a"))
+    assert not log._moved_past(2, ("t.b",))
+    assert log._moved_past(2, ("t.a",))
+    assert log._moved_past(2, ("t.b", "t.a"))
+    assert log._moved_past(2, None)
+    await log.append("s", NewEvent("t.b"))
+    assert not log._moved_past(3, ("t.a",))
+    assert log._moved_past(3, ("t.b",))

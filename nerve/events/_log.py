@@ -222,6 +222,9 @@ class Log:
         # type this process appended: filtered readers wake on those only.
         self._foreign_head = writer.head
         self._type_heads: dict[str, int] = {}
+        self._track_types = False
+        """Whether `_type_heads` is kept (once some reader of some types
+        only asked `_moved_past`: until then nobody needs it)."""
         self._type_names: set[str] = set()  # checked valid (a cache)
         self._closed = False
         self._writer_done = trio.Event()
@@ -456,16 +459,16 @@ class Log:
         expected: int | ExpectedVersion | None,
         key: str | None,
     ) -> AppendRequest:
-        """Check, encode and queue an append for the writer."""
-        if events.__class__ is NewEvent and expected is None and key is None:
-            return self._enqueue_one(stream, events)
-        return self._enqueue_checked(stream, events, expected, key)
+        """Check, encode and queue an append for the writer.
 
-    def _enqueue_one(self, stream: str, ev: NewEvent) -> AppendRequest:
-        """`_enqueue` for the common append, in fewer steps: one event of an
+        The common append takes fewer steps here: one event of an
         unregistered type seen before, a dict payload, no expectations.
-        Anything else, or anything wrong, takes the general way (which
-        checks it and says what is wrong)."""
+        Anything else, or anything wrong, takes the general way
+        (`_enqueue_checked`, which checks it and says what is wrong).
+        """
+        if events.__class__ is not NewEvent or expected is not None or key is not None:
+            return self._enqueue_checked(stream, events, expected, key)
+        ev: NewEvent = events
         type_ = ev.type
         data = ev.data
         if (
@@ -671,7 +674,7 @@ class Log:
     ) -> None:
         """Wake a written batch's appenders; count it; advance the head."""
         written = 0
-        type_heads = self._type_heads
+        type_heads = self._type_heads if self._track_types else None
         rejected = 0
         for r, result in zip(batch, outcomes, strict=True):
             r.finish(result)
@@ -679,8 +682,9 @@ class Log:
                 if not result.duplicate:
                     last = result.last_position
                     written += last - result.first_position + 1
-                    for ev in r.events:
-                        type_heads[ev.type] = last
+                    if type_heads is not None:
+                        for ev in r.events:
+                            type_heads[ev.type] = last
             else:
                 rejected += 1
         self._rejected += rejected
@@ -968,6 +972,13 @@ class Log:
         if self._head <= position:
             return False
         if types is None or self._foreign_head > position:
+            return True
+        if not self._track_types:
+            # The first reader of some types only: from now on the writer
+            # notes where each type's events end (`_settle`); those before
+            # count as of unknown types.
+            self._track_types = True
+            self._foreign_head = self._head
             return True
         heads = self._type_heads
         return any(heads.get(t, 0) > position for t in types)

@@ -57,6 +57,7 @@ T = TypeVar("T")
 _dumps = orjson.dumps
 _sha256 = hashlib.sha256
 _new_result = tuple.__new__  # AppendResult(...) without its Python __new__
+_reschedule = trio.lowlevel.reschedule
 
 _COLUMNS = (
     "position, stream, version, type, type_version, source, ts, payload, blob, "
@@ -231,7 +232,7 @@ class AppendRequest(outcome.Outcome[AppendResult]):
         waiter = self.waiter
         if waiter is not None:
             self.waiter = None
-            trio.lowlevel.reschedule(waiter, self)
+            _reschedule(waiter, self)
         if self.event is not None:
             self.event.set()
         if self.callbacks is not None:
