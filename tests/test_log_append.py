@@ -21,6 +21,7 @@ import trio.testing
 
 import nerve
 from nerve import NO_STREAM, STREAM_EXISTS, NewEvent
+from nerve.events._log import WAL_AUTOCHECKPOINT
 from nerve.events._schema import MIGRATIONS
 
 # -- helpers -----------------------------------------------------------------------
@@ -78,6 +79,20 @@ async def test_writer_connection_is_wal_and_full_sync(log: nerve.Log) -> None:
     conn = log._writer.conn
     assert conn.execute("PRAGMA journal_mode").fetchall()[0][0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchall()[0][0] == 2  # FULL
+
+
+async def test_the_writer_checkpoints_the_wal_in_long_steps(log: nerve.Log) -> None:
+    # ~1500 WAL pages: past SQLite's default checkpoint (1000), short of ours.
+    big = "x" * 3500
+    for i in range(60):
+        await log.append("s", [NewEvent("test.e", {"i": i, "pad": big})] * 25)
+    conn = apsw.Connection(str(log.path))
+    try:
+        _, wal_frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+    finally:
+        conn.close()
+    assert 1000 < wal_frames < WAL_AUTOCHECKPOINT
+    assert [e.data["i"] async for e in log.read()][::25] == list(range(60))
 
 
 async def test_schema_version_has_one_row_per_migration(log: nerve.Log) -> None:
