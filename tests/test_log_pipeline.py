@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import apsw
+import outcome
 import pytest
 import trio
 import trio.testing
 
 import nerve
 from nerve import NO_STREAM, NewEvent
-from nerve.events._writer import Flight
+from nerve.events._writer import AppendRequest, Flight
 
 SAFETY = 30  # seconds a held thread waits at most (a failing test never hangs)
 
@@ -339,3 +340,47 @@ async def test_a_job_with_an_attached_database_locks_the_log_only(
 
     await log.write_job(job, attach={"other": other_db})
     assert seen == {"log": "locked", "other": "written"}
+
+
+async def test_an_append_request_is_the_outcome_its_waiter_is_woken_with() -> None:
+    # The writer reschedules an appender with its request (an outcome.Outcome):
+    # unwrap, send and asend give the result, or raise the error.
+    result = nerve.AppendResult("s", 1, 1, 1)
+    done = AppendRequest("s", (), None, None, "")
+    done.finish(result)
+    failed = AppendRequest("s", (), None, None, "")
+    failed.finish(nerve.WrongExpectedVersion("s", 0, 1))
+    assert isinstance(done, outcome.Outcome)
+    assert done.unwrap() is result
+    with pytest.raises(nerve.WrongExpectedVersion):
+        failed.unwrap()
+
+    def gen() -> Any:
+        try:
+            got = yield
+        except nerve.WrongExpectedVersion:
+            yield "raised"
+        else:
+            yield got
+
+    for request, want in ((done, result), (failed, "raised")):
+        g = gen()
+        next(g)
+        assert request.send(g) == want
+
+    async def agen() -> Any:
+        try:
+            got = yield
+        except nerve.WrongExpectedVersion:
+            yield "raised"
+        else:
+            yield got
+
+    for request, want in ((done, result), (failed, "raised")):
+        ag = agen()
+        await ag.asend(None)
+        assert await request.asend(ag) == want
+        await ag.aclose()
+    # Requests compare by identity (`Outcome`'s attrs equality would not).
+    assert done != failed
+    assert len({done, failed}) == 2
