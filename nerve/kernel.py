@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -54,7 +54,6 @@ from nerve.events._vocabulary import (
     TriggerRequested,
     run_stream,
 )
-from nerve.knowledge import Embedder, Knowledge, open_knowledge
 from nerve.projections import (
     ProjectionRunner,
     ProjectionStatistics,
@@ -67,6 +66,9 @@ from nerve.projections import (
     read_signals,
 )
 from nerve.projections._inline import InlineProjection
+
+if TYPE_CHECKING:  # imported when the kernel opens it: it needs numpy
+    from nerve.knowledge import Embedder, Knowledge
 
 DEFAULT_GRACE = 10.0
 _REQUESTS = "kernel.trigger-requests"
@@ -373,6 +375,8 @@ async def open_kernel(
         kernel = Kernel(app, log, grace)
         kernel._inline = await attach_inline(log, WorkflowRuns())
         if knowledge:
+            from nerve.knowledge import open_knowledge
+
             # Opened before the actors and closed after them: runs may index.
             kernel.knowledge = await stack.enter_async_context(
                 open_knowledge(log, embedder=embedder)

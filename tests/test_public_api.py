@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import nerve
@@ -93,3 +95,13 @@ def test_projections_and_events_do_not_import_the_knowledge_store() -> None:
         for path in (PACKAGE / layer).rglob("*.py"):
             for mod in _imports(path):
                 assert not mod.startswith("nerve.knowledge"), f"{path} imports {mod}"
+
+
+def test_importing_nerve_does_not_import_numpy() -> None:
+    # The knowledge store (numpy, and OpenBLAS's threads) loads when a kernel
+    # opens it, not for every program that only uses the log or the actors.
+    code = "import sys, nerve, nerve.events; print('numpy' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
