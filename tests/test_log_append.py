@@ -21,8 +21,8 @@ import trio.testing
 
 import nerve
 from nerve import NO_STREAM, STREAM_EXISTS, NewEvent
-from nerve.events._log import WAL_AUTOCHECKPOINT
 from nerve.events._schema import MIGRATIONS
+from nerve.events._writer import BUSY_FLIGHT, WAL_AUTOCHECKPOINT
 
 # -- helpers -----------------------------------------------------------------------
 
@@ -81,18 +81,42 @@ async def test_writer_connection_is_wal_and_full_sync(log: nerve.Log) -> None:
     assert conn.execute("PRAGMA synchronous").fetchall()[0][0] == 2  # FULL
 
 
-async def test_the_writer_checkpoints_the_wal_in_long_steps(log: nerve.Log) -> None:
-    # ~1500 WAL pages: past SQLite's default checkpoint (1000), short of ours.
-    big = "x" * 3500
-    for i in range(60):
-        await log.append("s", [NewEvent("test.e", {"i": i, "pad": big})] * 25)
-    conn = apsw.Connection(str(log.path))
+def _wal_frames(path: Path) -> int:
+    """Frames in the WAL of the database at ``path`` (a PASSIVE checkpoint
+    from a connection of its own reports them)."""
+    conn = apsw.Connection(str(path))
     try:
-        _, wal_frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+        return int(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0][1])
     finally:
         conn.close()
-    assert 1000 < wal_frames < WAL_AUTOCHECKPOINT
-    assert [e.data["i"] async for e in log.read()][::25] == list(range(60))
+
+
+async def test_big_batches_checkpoint_the_wal_in_long_steps(log: nerve.Log) -> None:
+    # ~3000 WAL pages in batches of hundreds of appends: SQLite's default
+    # checkpoint would have restarted the WAL after 1000 pages.
+    pad = "x" * 3500
+
+    async def appender(i: int) -> None:
+        await log.append(f"s{i}", NewEvent("test.e", {"i": i, "pad": pad}))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(3000):
+            nursery.start_soon(appender, i)
+    assert log.statistics().max_batch_size >= BUSY_FLIGHT
+    assert 2500 < _wal_frames(log.path) < WAL_AUTOCHECKPOINT
+    assert sorted([e.data["i"] async for e in log.read()]) == list(range(3000))
+
+
+async def test_lone_appends_keep_sqlites_checkpoints(log: nerve.Log) -> None:
+    # One append at a time: the WAL is checkpointed and restarted every 1000
+    # pages, so it never grows much past that (a growing file slows each
+    # fsync). 600 appends of a page or so each write ~2700 WAL pages in all.
+    pad = "x" * 3500
+    for i in range(600):
+        await log.append("s", NewEvent("test.e", {"i": i, "pad": pad}))
+    assert log.statistics().max_batch_size < BUSY_FLIGHT
+    assert _wal_frames(log.path) < 1100
+    assert [e.data["i"] async for e in log.read()] == list(range(600))
 
 
 async def test_schema_version_has_one_row_per_migration(log: nerve.Log) -> None:

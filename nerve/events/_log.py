@@ -71,15 +71,6 @@ MAX_BATCH: Final = 10_000
 """Most append requests in one write transaction; more wait for the next."""
 STAGE_CHUNK: Final = 128
 """Appends staged between looks at whether the worker thread has landed."""
-WAL_AUTOCHECKPOINT: Final = 4_000
-"""WAL pages after which a commit of the log's writer checkpoints (SQLite's
-default: 1000). A checkpoint stalls the commit that runs it, and appends
-keep rewriting the same index pages: a longer WAL copies each such page
-once per checkpoint, not once per 1000 pages (measured: +4-5% appends/s
-under load). The price: until the WAL file has grown to its size (16 MB)
-after the log opens, each commit also extends the file, which makes a lone
-append's fsync slower (p50 0.32 -> 0.38 ms on a fresh log); SQLite
-checkpoints it and removes it when the last connection closes."""
 
 _SELECT = f"SELECT {arch.ROW_COLUMNS} FROM logs"
 # Reads skip the hash column: only `verify` and the archive need it.
@@ -265,7 +256,6 @@ class Log:
             db_path, synchronous="FULL", application_id=LOG_APPLICATION_ID, what="log"
         )
         try:
-            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
             migrate(
                 conn, db_path, MIGRATIONS, application_id=LOG_APPLICATION_ID, what="log"
             )
