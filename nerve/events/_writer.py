@@ -125,7 +125,7 @@ cadence: while the WAL file grows to a longer working size, each commit
 also extends it, which slows a lone append's fsync (p50 +0.07 ms)."""
 BUSY_FLIGHT: Final = 128
 """Events in a batch from which the log checkpoints at `WAL_AUTOCHECKPOINT`."""
-_SQLITE_AUTOCHECKPOINT = 1_000
+_SQLITE_AUTOCHECKPOINT = 1_000  # SQLite's default, which a new connection has
 
 
 class EncodedEvent(NamedTuple):
@@ -684,6 +684,10 @@ class LogWriter:
         the GIL, and the thread takes the GIL back once rather than once per
         statement: with the event loop busy, every time costs up to the
         interpreter's switch interval.
+
+        A batch of `BUSY_FLIGHT` events or more sets the connection's
+        checkpoint cadence to `WAL_AUTOCHECKPOINT` pages first, a smaller
+        one back to SQLite's.
 
         On failure nothing is written and ``error`` says why; an I/O error
         or a full disk (``committing``) fails the flight's appends, anything
