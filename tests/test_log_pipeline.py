@@ -369,12 +369,10 @@ async def test_an_append_request_is_the_outcome_its_waiter_is_woken_with() -> No
         assert request.send(g) == want
 
     async def agen() -> Any:
-        try:
+        got: Any = "raised"
+        with contextlib.suppress(nerve.WrongExpectedVersion):
             got = yield
-        except nerve.WrongExpectedVersion:
-            yield "raised"
-        else:
-            yield got
+        yield got
 
     for request, want in ((done, result), (failed, "raised")):
         ag = agen()
