@@ -206,35 +206,31 @@ class AppendRequest(outcome.Outcome[AppendResult]):
         """Whether the outcome is known."""
         return self.outcome is not None
 
-    def unwrap(self) -> AppendResult:
-        """The outcome, for the task `finish` rescheduled: the result, or
-        raise the error (`outcome.Outcome.unwrap`)."""
-        result = self.outcome
-        if result.__class__ is AppendResult:
-            return result
-        return self.result()
+    def result(self) -> AppendResult:
+        """The outcome once known: the result, or raise the error."""
+        outcome = self.outcome
+        if outcome.__class__ is AppendResult:
+            return outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        raise AssertionError(f"the append to {self.stream!r} is not finished")
+
+    unwrap = result
+    """`outcome.Outcome.unwrap`, for the task `finish` rescheduled."""
 
     def send(self, gen: Generator[Any, AppendResult, object]) -> Any:
         """Send the result into ``gen``, or throw the error into it."""
         result = self.outcome
         if isinstance(result, BaseException):
             return gen.throw(result)
-        return gen.send(self.unwrap())
+        return gen.send(self.result())
 
     async def asend(self, agen: AsyncGenerator[Any, AppendResult]) -> Any:
         """Send the result into ``agen``, or throw the error into it."""
         result = self.outcome
         if isinstance(result, BaseException):
             return await agen.athrow(result)
-        return await agen.asend(self.unwrap())
-
-    def result(self) -> AppendResult:
-        """The outcome once known: the result, or raise the error."""
-        outcome = self.outcome
-        if isinstance(outcome, BaseException):
-            raise outcome
-        assert outcome is not None
-        return outcome
+        return await agen.asend(self.result())
 
     def finish(self, result: AppendResult | BaseException) -> None:
         """Record the outcome and wake whoever waits for it (the first waiter
