@@ -63,6 +63,7 @@ _new_tuple = tuple.__new__  # a named tuple without its Python __new__
 _dumps = orjson.dumps
 _current_task = trio.lowlevel.current_task
 _wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
+_reschedule = trio.lowlevel.reschedule
 
 LOG_FILE: Final = "logs.db"
 DEFAULT_BLOB_THRESHOLD: Final = 64 * 1024
@@ -496,9 +497,10 @@ class Log:
             return self._enqueue_checked(stream, ev, None, None)
         meta_obj = ev.meta
         meta = encode_meta(type_, meta_obj) if meta_obj else None
-        encoded = _new_tuple(
-            EncodedEvent, (type_, 1, payload, None, meta, data, meta_obj)
-        )
+        # A plain tuple in `EncodedEvent`'s layout (a quarter of the cost of
+        # building the named tuple): what reads a request's events unpacks
+        # them or indexes them, never by name.
+        encoded: EncodedEvent = (type_, 1, payload, None, meta, data, meta_obj)  # type: ignore[assignment]
         return self._queue(AppendRequest(stream, (encoded,), None, None, self.source))
 
     def _check_open(self) -> None:
@@ -677,14 +679,21 @@ class Log:
         type_heads = self._type_heads if self._track_types else None
         rejected = 0
         for r, result in zip(batch, outcomes, strict=True):
-            r.finish(result)
+            # `r.finish(result)`, inlined: a call fewer per append.
+            r.outcome = result
+            waiter = r.waiter
+            if waiter is not None:
+                r.waiter = None
+                _reschedule(waiter, r)
+            if r.event is not None or r.callbacks is not None:
+                r.notify()
             if result.__class__ is AppendResult:
                 if not result.duplicate:
                     last = result.last_position
                     written += last - result.first_position + 1
                     if type_heads is not None:
                         for ev in r.events:
-                            type_heads[ev.type] = last
+                            type_heads[ev[0]] = last  # its type
             else:
                 rejected += 1
         self._rejected += rejected
