@@ -18,6 +18,7 @@ import trio.testing
 
 import nerve
 from nerve import NO_STREAM, NewEvent
+from nerve.events import _log
 from nerve.events._writer import AppendRequest, Flight
 
 SAFETY = 30  # seconds a held thread waits at most (a failing test never hangs)
@@ -30,6 +31,7 @@ class Flights:
     def __init__(self, log: nerve.Log, monkeypatch: pytest.MonkeyPatch) -> None:
         self.log = log
         self.sizes: list[int] = []
+        self.flights: list[Flight] = []
         self.gate: threading.Event | None = None
         self.holding = trio.Event()
         self._token = trio.lowlevel.current_trio_token()
@@ -38,6 +40,7 @@ class Flights:
 
     def _write_flight(self, flight: Flight) -> None:
         self.sizes.append(len(flight.requests))
+        self.flights.append(flight)
         gate = self.gate
         if gate is not None:
             self.gate = None
@@ -111,6 +114,131 @@ async def test_the_next_flight_takes_half_of_what_waits(
     assert flights.sizes == [1, 512, 488]
     assert [r.first_position for r in results] == list(range(1, 1002))
     assert await log.verify() is None
+
+
+def count_thread_starts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the worker threads the log's writer starts."""
+    starts = [0]
+    start = _log._start_thread
+
+    def counted(*args: Any) -> None:
+        starts[0] += 1
+        start(*args)
+
+    monkeypatch.setattr(_log, "_start_thread", counted)
+    return starts
+
+
+async def test_the_thread_goes_straight_on_to_the_flight_staged_meanwhile(
+    log: nerve.Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flight staged while another is written is offered to the worker
+    thread, which writes it as soon as the first commits: one thread for
+    both, no hand-over through the event loop."""
+    flights = Flights(log, monkeypatch)
+    starts = count_thread_starts(monkeypatch)
+    async with flights.held():
+        first = log.submit("s0", NewEvent("t.e", {"i": 0}))
+        await flights.holding.wait()
+        later = [
+            log.submit(f"s{i % 3}", NewEvent("t.e", {"i": i})) for i in range(1, 9)
+        ]
+        await trio.testing.wait_all_tasks_blocked()
+        offered = flights.flights[0].following
+        assert offered is not None
+        assert offered.sealed
+        assert not offered.taken
+    results = [await p.wait() for p in [first, *later]]
+    assert flights.sizes == [1, 8]
+    assert starts == [1]
+    assert flights.flights[1] is offered
+    assert offered.taken
+    # Landed flights let go of the ones that followed them: none keeps the
+    # whole history of flights alive.
+    assert [f.following for f in flights.flights] == [None, None]
+    assert [r.first_position for r in results] == list(range(1, 10))
+    assert [e.data["i"] for e in await read_all(log)] == list(range(9))
+    assert await log.verify() is None
+    # Appends arriving while the offered flight is sealed wait for the next.
+    async with flights.held():
+        one = log.submit("s0", NewEvent("t.e", {"i": 9}))
+        await flights.holding.wait()
+        two = log.submit("s1", NewEvent("t.e", {"i": 10}))
+        await trio.testing.wait_all_tasks_blocked()  # offered
+        three = log.submit("s2", NewEvent("t.e", {"i": 11}))
+        await trio.testing.wait_all_tasks_blocked()
+        assert log.statistics().pending == 1
+    assert [(await p.wait()).first_position for p in (one, two, three)] == [10, 11, 12]
+    assert flights.sizes[2:] == [1, 1, 1]
+    assert await log.verify() is None
+
+
+async def test_closing_waits_for_the_flight_the_thread_went_on_to(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with nerve.open_log(data_dir) as log:
+        flights = Flights(log, monkeypatch)
+        async with trio.open_nursery() as nursery, flights.held():
+            first = log.submit("s", NewEvent("t.e", {"i": 0}))
+            await flights.holding.wait()
+            second = log.submit("s", NewEvent("t.e", {"i": 1}))
+            await trio.testing.wait_all_tasks_blocked()
+            assert flights.flights[0].following is not None
+            nursery.start_soon(log.aclose)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not first.done
+            assert not second.done
+            # Released: the thread writes the held flight, then the next.
+        assert (await first.wait()).first_position == 1
+        assert (await second.wait()).first_position == 2
+    assert flights.sizes == [1, 1]
+    assert flights.flights[1].taken  # by the thread, not a second start
+    async with nerve.open_log(data_dir) as log:
+        assert [e.data["i"] for e in await read_all(log)] == [0, 1]
+        assert await log.verify() is None
+
+
+async def test_a_bug_after_a_landing_waits_for_the_flight_that_followed(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer task fails while the thread writes the flight it went on
+    to: the log closes its connection only once that flight has landed."""
+    seen: list[tuple[bool, bool]] = []
+
+    async def run() -> None:
+        async with nerve.open_log(data_dir) as log:
+            flights = Flights(log, monkeypatch)
+            second_gate = threading.Event()
+            struck = trio.Event()
+            async with flights.held():
+                log.submit("s", NewEvent("t.e", {"i": 0}))
+                await flights.holding.wait()
+                log.submit("s", NewEvent("t.e", {"i": 1}))
+                await trio.testing.wait_all_tasks_blocked()
+                offered = flights.flights[0].following
+                assert offered is not None
+
+                def broken(ok: bool) -> None:
+                    seen.append((offered.taken, offered.landed))
+                    struck.set()
+                    raise ZeroDivisionError("a bug")
+
+                monkeypatch.setattr(log._writer, "landed", broken)
+                flights.gate = second_gate  # hold the second one in the thread
+                flights.holding = trio.Event()
+            try:
+                await struck.wait()
+                await flights.holding.wait()  # the second is held in the thread
+            finally:
+                second_gate.set()  # the log closes once it has landed
+            await trio.sleep_forever()  # until the bug cancels the log
+
+    with pytest.raises(ZeroDivisionError):
+        await run()
+    assert seen == [(True, False)]  # it struck while the second was in the air
+    async with nerve.open_log(data_dir) as log:
+        assert [e.data["i"] for e in await read_all(log)] == [0, 1]
+        assert await log.verify() is None
 
 
 async def test_another_connection_appending_meanwhile_is_seen(

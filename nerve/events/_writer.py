@@ -340,6 +340,7 @@ class Flight:
         "committing",
         "error",
         "first",
+        "following",
         "hashes",
         "hooks_json",
         "keys_json",
@@ -350,7 +351,9 @@ class Flight:
         "rows",
         "rows_json",
         "saved",
+        "sealed",
         "staged",
+        "taken",
     )
 
     def __init__(self, saved: tuple[int, bytes, int]) -> None:
@@ -367,9 +370,19 @@ class Flight:
         self.keys_json: bytes | None = None
         self.hooks_json: bytes | None = None
         self.landed = False
-        """The worker thread is done with it (set from that thread)."""
+        """Written and committed, or failed (set from the worker thread,
+        which may go on to the flight that follows it)."""
         self.error: BaseException | None = None
         self.committing = False
+        self.sealed = False
+        """Encoded for `LogWriter.write_flight` (`LogWriter.seal`): nothing
+        more may be staged into it."""
+        self.following: Flight | None = None
+        """A sealed flight the worker thread is to write as soon as this one
+        commits (offered by the writer task: `Log._offer`)."""
+        self.taken = False
+        """A worker thread writes it (or has): the write connection is the
+        thread's until it lands."""
 
     @property
     def ok(self) -> bool:
@@ -683,6 +696,7 @@ class LogWriter:
 
     def seal(self, flight: Flight) -> None:
         """Encode a staged flight for `write_flight` (on the event loop)."""
+        flight.sealed = True
         staged = flight.staged
         flight.rows_json, flight.hashes = flight.rows.params()
         # Every key staged in a flight not yet written is in `flight_keys`.
