@@ -19,7 +19,7 @@ import trio.testing
 import nerve
 from nerve import NO_STREAM, NewEvent
 from nerve.events import _log
-from nerve.events._writer import AppendRequest, Flight
+from nerve.events._writer import AppendRequest, Flight, _Rows
 
 SAFETY = 30  # seconds a held thread waits at most (a failing test never hangs)
 
@@ -510,3 +510,22 @@ async def test_an_append_request_is_the_outcome_its_waiter_is_woken_with() -> No
     # Requests compare by identity (`Outcome`'s attrs equality would not).
     assert done != failed
     assert len({done, failed}) == 2
+
+
+def test_staged_rows_are_one_json_array_and_their_hashes() -> None:
+    """Rows go into one JSON buffer and one hash buffer as they are staged;
+    forgetting what was staged after a mark leaves the array well formed."""
+    rows = _Rows()
+    assert rows.params() == (b"[]", b"")
+    rows.json += b'[1,"a"],'
+    rows.hashes += b"\x01" * 32
+    mark = rows.mark()
+    rows.json += b'[2,"b"],'
+    rows.hashes += b"\x02" * 32
+    assert len(rows) == 2
+    assert rows.params() == (b'[[1,"a"],[2,"b"]]', b"\x01" * 32 + b"\x02" * 32)
+    rows.truncate(mark)
+    assert len(rows) == 1
+    assert rows.params() == (b'[[1,"a"]]', b"\x01" * 32)
+    rows.truncate((1, 0))
+    assert rows.params() == (b"[]", b"")
