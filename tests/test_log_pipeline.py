@@ -70,6 +70,14 @@ async def read_all(log: nerve.Log) -> list[nerve.RecordedEvent]:
     return [e async for e in log.read()]
 
 
+async def written_again(data_dir: Path) -> list[Any]:
+    """The ``i`` of every event a log on ``data_dir`` reads back, once its
+    hash chain is found intact."""
+    async with nerve.open_log(data_dir) as log:
+        assert await log.verify() is None
+        return [e.data["i"] for e in await read_all(log)]
+
+
 async def test_appends_made_while_a_flight_is_written_take_off_next(
     log: nerve.Log, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -193,9 +201,7 @@ async def test_closing_waits_for_the_flight_the_thread_went_on_to(
         assert (await second.wait()).first_position == 2
     assert flights.sizes == [1, 1]
     assert flights.flights[1].taken  # by the thread, not a second start
-    async with nerve.open_log(data_dir) as log:
-        assert [e.data["i"] for e in await read_all(log)] == [0, 1]
-        assert await log.verify() is None
+    assert await written_again(data_dir) == [0, 1]
 
 
 async def test_a_bug_after_a_landing_waits_for_the_flight_that_followed(
@@ -236,9 +242,7 @@ async def test_a_bug_after_a_landing_waits_for_the_flight_that_followed(
     with pytest.raises(ZeroDivisionError):
         await run()
     assert seen == [(True, False)]  # it struck while the second was in the air
-    async with nerve.open_log(data_dir) as log:
-        assert [e.data["i"] for e in await read_all(log)] == [0, 1]
-        assert await log.verify() is None
+    assert await written_again(data_dir) == [0, 1]
 
 
 async def test_another_connection_appending_meanwhile_is_seen(
