@@ -107,6 +107,29 @@ async def test_big_batches_checkpoint_the_wal_in_long_steps(log: nerve.Log) -> N
     assert sorted([e.data["i"] async for e in log.read()]) == list(range(3000))
 
 
+async def test_a_quiet_log_checkpoints_what_big_batches_left(
+    data_dir: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Big batches leave a long WAL behind; once appends stop, the writer
+    # checkpoints it, so the next append restarts the WAL instead of its
+    # commit copying all of it back.
+    pad = "x" * 3500
+    async with nerve.open_log(data_dir) as log:
+
+        async def appender(i: int) -> None:
+            await log.append(f"s{i}", NewEvent("test.e", {"i": i, "pad": pad}))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(1500):
+                nursery.start_soon(appender, i)
+        assert log._writer.wal_busy
+        await trio.sleep(1)  # quiet
+        await log.append("s", NewEvent("test.e", {"i": -1}))
+        assert not log._writer.wal_busy
+        assert _wal_frames(log.path) < 10  # restarted by that append
+        assert len([e async for e in log.read()]) == 1501
+
+
 async def test_lone_appends_keep_sqlites_checkpoints(log: nerve.Log) -> None:
     # One append at a time: the WAL is checkpointed and restarted every 1000
     # pages, so it never grows much past that (a growing file slows each

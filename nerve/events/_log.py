@@ -72,6 +72,9 @@ MAX_BATCH: Final = 10_000
 """Most append requests in one write transaction; more wait for the next."""
 STAGE_CHUNK: Final = 128
 """Appends staged between looks at whether the worker thread has landed."""
+QUIET_CHECKPOINT: Final = 0.01
+"""Seconds without appends after which the writer checkpoints the WAL that
+big batches left (see `LogWriter.checkpoint`)."""
 
 _SELECT = f"SELECT {arch.ROW_COLUMNS} FROM logs"
 # Reads skip the hash column: only `verify` and the archive need it.
@@ -639,7 +642,18 @@ class Log:
                 # With appends still queued, the writer waits for a landing
                 # (the next flight is full), which new appends do not change.
                 self._writer_idle = not pending
-                await self._wakeup.wait()
+                if writer.wal_busy and flight is None and not (pending or held):
+                    # After a burst of big batches: once the log is quiet,
+                    # checkpoint the long WAL they left (`WAL_AUTOCHECKPOINT`)
+                    # here, rather than in the commit of the next append.
+                    with trio.move_on_after(QUIET_CHECKPOINT):
+                        await self._wakeup.wait()
+                    if not self._wakeup.is_set():
+                        self._writer_idle = False
+                        await self._in_thread(writer.checkpoint)
+                        continue
+                else:
+                    await self._wakeup.wait()
                 self._writer_idle = False
         finally:
             # Never close the connection under a worker thread: wait for
