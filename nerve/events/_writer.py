@@ -127,7 +127,8 @@ writer checkpoints what is left (`QUIET_CHECKPOINT`). Small batches keep
 SQLite's cadence: while the WAL file grows to a longer working size, each
 commit also extends it, which slows a lone append's fsync (p50 +0.07 ms)."""
 BUSY_FLIGHT: Final = 128
-"""Events in a batch from which the log checkpoints at `WAL_AUTOCHECKPOINT`."""
+"""Events in a batch from which the log checkpoints at `WAL_AUTOCHECKPOINT`
+(until it is next quiet)."""
 _SQLITE_AUTOCHECKPOINT = 1_000  # SQLite's default, which a new connection has
 
 
@@ -250,11 +251,18 @@ class AppendRequest(outcome.Outcome[AppendResult]):
 
     def notify(self) -> None:
         """Wake any further waiters and run the callbacks, once the outcome
-        is known (`finish`)."""
+        is known (`finish`).
+
+        The callbacks are dropped once run: a callback often holds what
+        holds this request (a workflow's run entry, its `PendingAppend`),
+        and kept, each such cycle would wait for the garbage collector.
+        """
         if self.event is not None:
             self.event.set()
-        if self.callbacks is not None:
-            for callback in self.callbacks:
+        callbacks = self.callbacks
+        if callbacks is not None:
+            self.callbacks = None
+            for callback in callbacks:
                 callback()
 
     def abort(self, _: Any) -> trio.lowlevel.Abort:
@@ -723,8 +731,10 @@ class LogWriter:
         interpreter's switch interval.
 
         A batch of `BUSY_FLIGHT` events or more sets the connection's
-        checkpoint cadence to `WAL_AUTOCHECKPOINT` pages first, a smaller
-        one back to SQLite's.
+        checkpoint cadence to `WAL_AUTOCHECKPOINT` pages first; it goes back
+        to SQLite's once the log is quiet (`checkpoint`), not with the
+        smaller batch that ends a burst, whose commit would then copy the
+        whole long WAL back.
 
         On failure nothing is written and ``error`` says why; an I/O error
         or a full disk (``committing``) fails the flight's appends, anything
@@ -733,16 +743,12 @@ class LogWriter:
         classic way.
         """
         conn = self.conn
-        every = (
-            WAL_AUTOCHECKPOINT
-            if flight.last - flight.first + 1 >= BUSY_FLIGHT
-            else _SQLITE_AUTOCHECKPOINT
-        )
+        busy = flight.last - flight.first + 1 >= BUSY_FLIGHT
         conn.set_busy_timeout(BUSY_TIMEOUT_MS)
         try:
-            if every != self._checkpoint_every:
-                conn.execute(f"PRAGMA wal_autocheckpoint={every}")
-                self._checkpoint_every = every
+            if busy and self._checkpoint_every != WAL_AUTOCHECKPOINT:
+                conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
+                self._checkpoint_every = WAL_AUTOCHECKPOINT
             conn.execute(
                 _FLIGHT_INSERT,
                 (
@@ -767,7 +773,8 @@ class LogWriter:
     @property
     def wal_busy(self) -> bool:
         """Whether the write connection checkpoints at `WAL_AUTOCHECKPOINT`
-        (the last batch was a big one), so the WAL may be long."""
+        (big batches were written since the log was last quiet), so the WAL
+        may be long."""
         return self._checkpoint_every != _SQLITE_AUTOCHECKPOINT
 
     def checkpoint(self) -> None:
