@@ -426,9 +426,6 @@ class _Rows:
         self.hashes = bytearray()
         """Each row's hash, 32 bytes."""
 
-    def __len__(self) -> int:
-        return len(self.hashes) // 32
-
     def mark(self) -> tuple[int, int]:
         """Where the rows staged so far end, for `truncate`."""
         return len(self.json), len(self.hashes)
@@ -778,15 +775,16 @@ class LogWriter:
         return self._checkpoint_every != _SQLITE_AUTOCHECKPOINT
 
     def checkpoint(self) -> None:
-        """Checkpoint the WAL (PASSIVE: readers are not waited for) and go
-        back to SQLite's cadence (blocking: in a worker thread, while no
-        batch is being written). A failure is left to SQLite's next try."""
+        """Go back to SQLite's cadence and checkpoint the WAL (PASSIVE:
+        readers are not waited for); blocking: in a worker thread, while no
+        batch is being written. A failed checkpoint is left to SQLite's
+        next one (the cadence is back either way, so it is tried once per
+        quiet spell)."""
         conn = self.conn
+        conn.execute(f"PRAGMA wal_autocheckpoint={_SQLITE_AUTOCHECKPOINT}")
+        self._checkpoint_every = _SQLITE_AUTOCHECKPOINT
         with contextlib.suppress(apsw.Error):
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        with contextlib.suppress(apsw.Error):
-            conn.execute(f"PRAGMA wal_autocheckpoint={_SQLITE_AUTOCHECKPOINT}")
-            self._checkpoint_every = _SQLITE_AUTOCHECKPOINT
 
     def flights_ready(self) -> bool:
         """Whether appends can be pipelined now: every inline hook can stage
