@@ -41,7 +41,7 @@ from ._sqlite import (
     migrate,
     open_connection,
 )
-from ._trio_util import single_error
+from ._trio_util import parked, single_error
 from ._types import (
     EMPTY_META,
     AppendResult,
@@ -61,8 +61,6 @@ from ._writer import (
 T = TypeVar("T")
 _new_tuple = tuple.__new__  # a named tuple without its Python __new__
 _dumps = orjson.dumps
-_current_task = trio.lowlevel.current_task
-_wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
 
 LOG_FILE: Final = "logs.db"
 DEFAULT_BLOB_THRESHOLD: Final = 64 * 1024
@@ -346,8 +344,7 @@ class Log:
         request = self._enqueue(stream, events, expected_version, idempotency_key)
         # `_outcome` for a fresh request: the writer reschedules this task
         # with the outcome (`AppendRequest.finish`).
-        request.waiter = _current_task()
-        result: AppendResult = await _wait_task_rescheduled(request.abort)
+        result: AppendResult = await parked(request)
         return result
 
     def submit(
@@ -1459,18 +1456,18 @@ async def _outcome(
     """
     if not request.done:
         if request.waiter is None and request.event is None:
+            if not shielded and withdraw:
+                result: AppendResult = await parked(request)
+                return result
             request.waiter = trio.lowlevel.current_task()
-            if shielded or not withdraw:
 
-                def abort(_: Any) -> trio.lowlevel.Abort:
-                    if shielded:
-                        return trio.lowlevel.Abort.FAILED  # wait for the outcome
-                    request.waiter = None  # an observer: only its wait ends
-                    return trio.lowlevel.Abort.SUCCEEDED
+            def abort(_: Any) -> trio.lowlevel.Abort:
+                if shielded:
+                    return trio.lowlevel.Abort.FAILED  # wait for the outcome
+                request.waiter = None  # an observer: only its wait ends
+                return trio.lowlevel.Abort.SUCCEEDED
 
-            else:
-                abort = request.abort
-            result: AppendResult = await trio.lowlevel.wait_task_rescheduled(abort)
+            result = await trio.lowlevel.wait_task_rescheduled(abort)
             return result
         # Another waiter: only the first one can withdraw the append, so
         # cancelling this one just stops its wait.
