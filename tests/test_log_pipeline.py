@@ -124,6 +124,54 @@ async def test_the_next_flight_takes_half_of_what_waits(
     assert await log.verify() is None
 
 
+async def test_a_flight_counts_what_it_wrote_refused_and_found_written(
+    log: nerve.Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Statistics of flights: one all written, one with a refused append, a
+    duplicate and two events in one append (each counted as what it is)."""
+    await log.append("s", NewEvent("t.e", {"i": 0}), idempotency_key="k")
+    stats0 = log.statistics()
+    flights = Flights(log, monkeypatch)
+    async with flights.held():
+        first = log.submit("a", NewEvent("t.e", {"i": 1}))
+        await flights.holding.wait()
+        clean = [log.submit(f"c{i}", NewEvent("t.e", {"i": i})) for i in range(3)]
+        await trio.testing.wait_all_tasks_blocked()
+    for p in [first, *clean]:
+        await p.wait()
+    assert flights.sizes == [1, 3]
+    stats = log.statistics()
+    assert (stats.events, stats.appends, stats.rejected, stats.batches) == (
+        stats0.events + 4,
+        stats0.appends + 4,
+        stats0.rejected,
+        stats0.batches + 2,
+    )
+    async with flights.held():
+        first = log.submit("a", NewEvent("t.e", {"i": 1}))
+        await flights.holding.wait()
+        mixed = [
+            log.submit("b", [NewEvent("t.e", {"i": 2}), NewEvent("t.e", {"i": 3})]),
+            log.submit("s", NewEvent("t.e", {"i": 4}), idempotency_key="k"),
+            log.submit("a", NewEvent("t.e", {"i": 5}), expected_version=0),
+            log.submit("c", NewEvent("t.e", {"i": 6})),
+        ]
+        await trio.testing.wait_all_tasks_blocked()
+    await first.wait()
+    assert (await mixed[1].wait()).duplicate
+    with pytest.raises(nerve.WrongExpectedVersion):
+        await mixed[2].wait()
+    assert flights.sizes == [1, 3, 1, 4]
+    after = log.statistics()
+    assert (after.events, after.appends, after.rejected, after.batches) == (
+        stats.events + 4,
+        stats.appends + 4,
+        stats.rejected + 1,
+        stats.batches + 2,
+    )
+    assert after.head == after.events
+
+
 def count_thread_starts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the worker threads the log's writer starts."""
     starts = [0]
