@@ -41,7 +41,7 @@ from ._sqlite import (
     migrate,
     open_connection,
 )
-from ._trio_util import parked, single_error
+from ._trio_util import Parking, single_error
 from ._types import (
     EMPTY_META,
     AppendResult,
@@ -212,6 +212,7 @@ class Log:
         writer.blob_threshold = blob_threshold
         self._pool: list[apsw.Connection] = []
         self._pending: deque[AppendRequest] = deque()
+        self._parking = Parking()  # where appenders wait (this log's trio run)
         self._wakeup = trio.Event()
         self._flight_lock = _thread.allocate_lock()
         self._writer_idle = False
@@ -344,7 +345,7 @@ class Log:
         request = self._enqueue(stream, events, expected_version, idempotency_key)
         # `_outcome` for a fresh request: the writer reschedules this task
         # with the outcome (`AppendRequest.finish`).
-        result: AppendResult = await parked(request)
+        result: AppendResult = await self._parking.wait(request)
         return result
 
     def submit(
@@ -1459,11 +1460,14 @@ class PendingAppend:
                 else submitted: a cancellation ends its wait and withdraws
                 nothing.
         """
-        return await _outcome(self._request, shielded=shielded, withdraw=withdraw)
+        return await _outcome(
+            self._request, self._log._parking, shielded=shielded, withdraw=withdraw
+        )
 
 
 async def _outcome(
     request: AppendRequest,
+    parking: Parking,
     *,
     shielded: bool = False,
     withdraw: bool = True,
@@ -1478,7 +1482,7 @@ async def _outcome(
     if not request.done:
         if request.waiter is None and request.event is None:
             if not shielded and withdraw:
-                result: AppendResult = await parked(request)
+                result: AppendResult = await parking.wait(request)
                 return result
             request.waiter = trio.lowlevel.current_task()
 
