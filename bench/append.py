@@ -21,9 +21,10 @@ Figures, each the median of ``--runs`` interleaved runs:
    beforehand: SQLite's own cost for this workload, no Python per event.
 7. ceiling: the same 1000 trio tasks handing one request each at a time to a
    single writer task that wakes them in batches, with no encoding and no I/O:
-   what the runtime alone allows, as a ratio for (2).
-8. bound: the pipeline alone, at its barest: the 1000 tasks park on a writer
-   task that positions each event, chains its hash and stages its row, while
+   what the runtime alone allows, as a ratio for (2). The tasks park as the
+   log's appenders do (`Parking`).
+8. bound: the pipeline alone, at its barest: the 1000 tasks park (as in 7) on
+   a writer task that positions each event, chains its hash and stages its row, while
    a worker thread writes the previous batch with nerve's own one-statement
    insert (same schema, synchronous=FULL) and, as the log's does, goes
    straight on to the batch staged meanwhile once it is offered; no API, no
@@ -53,6 +54,7 @@ import nerve
 from nerve.events import EventRegistry, NewEvent, open_log
 from nerve.events._schema import LOG_APPLICATION_ID, MIGRATIONS
 from nerve.events._sqlite import migrate
+from nerve.events._trio_util import Parking
 from nerve.events._writer import _FLIGHT_INSERT, WAL_AUTOCHECKPOINT, LogWriter
 
 try:
@@ -185,23 +187,37 @@ def sqlite_floor(args, events: int, streams: int = STREAMS) -> float:
 # -- 7. the runtime's ceiling -------------------------------------------------------
 
 
+class Spot:
+    """Where one appender task parks (`Parking.wait`), as an append request."""
+
+    __slots__ = ("waiter",)
+
+    def __init__(self) -> None:
+        self.waiter: trio.lowlevel.Task | None = None
+
+    def abort(self, _: object) -> trio.lowlevel.Abort:
+        return trio.lowlevel.Abort.FAILED
+
+
 def trio_ceiling(events: int, tasks: int) -> float:
     """Hand-offs/s of ``tasks`` tasks parking on one writer task, no I/O."""
     per_task = events // tasks
 
     async def main() -> float:
-        pending: list[trio.lowlevel.Task] = []
+        pending: list[Spot] = []
         idle: list[trio.lowlevel.Task] = []
+        parking = Parking()  # as the log parks its appenders
 
         def abort(_: object) -> trio.lowlevel.Abort:
             return trio.lowlevel.Abort.FAILED
 
         async def appender() -> None:
+            spot = Spot()
             for _ in range(per_task):
-                pending.append(trio.lowlevel.current_task())
+                pending.append(spot)
                 if idle:
                     trio.lowlevel.reschedule(idle.pop())
-                await trio.lowlevel.wait_task_rescheduled(abort)
+                await parking.wait(spot)
 
         async def writer(total: int) -> None:
             done = 0
@@ -212,8 +228,8 @@ def trio_ceiling(events: int, tasks: int) -> float:
                 batch = pending[:]
                 pending.clear()
                 await trio.lowlevel.checkpoint()  # where the commit would be
-                for task in batch:
-                    trio.lowlevel.reschedule(task)
+                for spot in batch:
+                    trio.lowlevel.reschedule(spot.waiter)
                 done += len(batch)
 
         t0 = c.perf_counter()
@@ -243,7 +259,8 @@ def pipeline_bound(args, events: int, tasks: int) -> float:
 
         async def main() -> float:
             token = trio.lowlevel.current_trio_token()
-            pending: list[tuple[str, str, trio.lowlevel.Task]] = []
+            pending: list[tuple[str, str, Spot]] = []
+            parking = Parking()  # as the log parks its appenders
             writer_idle: list[trio.lowlevel.Task] = []  # woken by appends
             writer_full: list[trio.lowlevel.Task] = []  # woken by landings only
             landed: list[bool] = []
@@ -257,11 +274,12 @@ def pipeline_bound(args, events: int, tasks: int) -> float:
 
             async def appender(task: int) -> None:
                 stream = f"s{task}"
+                spot = Spot()
                 for i in range(per_task):
                     text = orjson.dumps(payload(i, task)).decode()
-                    pending.append((stream, text, trio.lowlevel.current_task()))
+                    pending.append((stream, text, spot))
                     wake_writer()
-                    await trio.lowlevel.wait_task_rescheduled(abort)
+                    await parking.wait(spot)
 
             lock = _thread.allocate_lock()
             offered: list[tuple[object, ...]] = []  # the batch offered to follow
@@ -296,8 +314,8 @@ def pipeline_bound(args, events: int, tasks: int) -> float:
 
             async def writer(total: int) -> None:
                 head, prev, versions, done = 0, bytes(32), {}, 0
-                flying: list[tuple[trio.lowlevel.Task, int]] | None = None
-                nxt: list[tuple[trio.lowlevel.Task, int]] = []
+                flying: list[tuple[Spot, int]] | None = None
+                nxt: list[tuple[Spot, int]] = []
                 sealed = False  # nxt is offered to the thread
                 rows, hashes = bytearray(b"["), bytearray()
                 while done < total:
@@ -314,8 +332,9 @@ def pipeline_bound(args, events: int, tasks: int) -> float:
                             take_off(params(rows, hashes))
                             flying, nxt, sealed = nxt, [], False
                             rows, hashes = bytearray(b"["), bytearray()
-                        for task, position in written:
-                            trio.lowlevel.reschedule(task, outcome.Value(position))
+                        for spot, position in written:
+                            result = outcome.Value(position)
+                            trio.lowlevel.reschedule(spot.waiter, result)
                         done += len(written)
                     elif (
                         pending
@@ -331,7 +350,7 @@ def pipeline_bound(args, events: int, tasks: int) -> float:
                         batch = pending[:chunk]
                         del pending[:chunk]
                         now = int(time.time() * 1000)
-                        for stream, text, task in batch:
+                        for stream, text, spot in batch:
                             version = versions.get(stream, 0) + 1
                             versions[stream] = version
                             head += 1
@@ -341,7 +360,7 @@ def pipeline_bound(args, events: int, tasks: int) -> float:
                             rows += content
                             rows += b","
                             hashes += prev
-                            nxt.append((task, head))
+                            nxt.append((spot, head))
                         if flying is None:
                             take_off(params(rows, hashes))
                             flying, nxt = nxt, []
