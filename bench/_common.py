@@ -34,8 +34,10 @@ def parse_args(
     description: str,
     argv: Sequence[str] | None = None,
     extra: Callable[[argparse.ArgumentParser], None] | None = None,
+    runs: int = 3,
 ) -> argparse.Namespace:
-    """The arguments every bench script takes (plus ``extra``'s)."""
+    """The arguments every bench script takes (plus ``extra``'s); ``runs``
+    is the default number of runs per figure."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument(
         "--quick",
@@ -46,7 +48,8 @@ def parse_args(
         "--runs",
         type=int,
         default=None,
-        help="runs per figure, the median is reported (default 3; 1 with --quick)",
+        help=f"runs per figure, the median is reported (default {runs}; 1 with "
+        "--quick)",
     )
     p.add_argument(
         "--dir",
@@ -59,7 +62,7 @@ def parse_args(
         extra(p)
     args = p.parse_args(argv)
     if args.runs is None:
-        args.runs = 1 if args.quick else 3
+        args.runs = 1 if args.quick else runs
     if args.runs < 1:
         p.error("--runs must be at least 1")
     return args
