@@ -172,6 +172,41 @@ async def test_a_flight_counts_what_it_wrote_refused_and_found_written(
     assert after.head == after.events
 
 
+async def test_the_appenders_a_landing_wakes_join_the_flight_staged_next(
+    log: nerve.Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three cohorts of appenders, each waiting for its own append, merge
+    into two: the flight staged after a landing waits for the appenders that
+    landing woke instead of going on with only the cohort that waited."""
+    flights = Flights(log, monkeypatch)
+
+    async def appender(stream: str) -> None:
+        for i in range(2):
+            await log.append(stream, NewEvent("t.e", {"i": i}))
+
+    async with trio.open_nursery() as nursery:
+        async with flights.held():
+            for i in range(4):
+                nursery.start_soon(appender, f"a{i}")
+            await flights.holding.wait()  # flight 1: cohort a
+            for i in range(4):
+                nursery.start_soon(appender, f"b{i}")
+            await trio.testing.wait_all_tasks_blocked()  # b, offered next
+            for i in range(4):
+                nursery.start_soon(appender, f"c{i}")
+            await trio.testing.wait_all_tasks_blocked()  # c waits
+            hold_b = flights.held()
+            await hold_b.__aenter__()
+        # Flight 1 lands, waking a; the thread goes on to b and holds it.
+        await flights.holding.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        await hold_b.__aexit__(None, None, None)
+    assert flights.sizes[:3] == [4, 4, 8]  # c and a's second appends together
+    events = await read_all(log)
+    assert len(events) == 24
+    assert await log.verify() is None
+
+
 def count_thread_starts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the worker threads the log's writer starts."""
     starts = [0]

