@@ -540,7 +540,7 @@ class Log:
         held: list[AppendRequest] = []  # taken, to be written the classic way
         landed: Flight | None = None
         in_hand: list[AppendRequest] = []  # taken, being staged or written
-        woke = False  # appenders, since this task last waited (`_ready`)
+        woke = False  # a landing woke appenders since this task last waited
         pending = self._pending
         try:
             while True:

@@ -72,7 +72,7 @@ class Parking:
     builds a new trap object each time; here the task yields the trap
     itself, and one trap serves every wait: the run loop takes its abort
     function as soon as the task yields it, before any other task runs
-    (~0.5 µs of the ~2.5 µs a park and wake costs). So a `Parking` must not
+    (measured: ~0.7 µs less event-loop CPU per append). So a `Parking` must not
     serve two trio runs at once (in two threads): each log has its own.
     Where trio's trap is not what this expects, the public call does it.
     """
